@@ -1,0 +1,73 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// DialSMTP connects to the provider's submission endpoint, completes TLS
+// (implicit or STARTTLS; a server without STARTTLS is refused) and EHLO as
+// helo. It does not authenticate.
+func (p *Provider) DialSMTP(ctx context.Context, helo string) (*smtp.Client, error) {
+	if p.smtpEP.Host == "" {
+		return nil, &Error{Provider: p.Name, Op: "smtp dial", Permanent: true, Err: fmt.Errorf("no smtp endpoint configured")}
+	}
+	conn, err := p.dial(ctx, p.smtpEP)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(p.loginTimeout()))
+	var c *smtp.Client
+	if p.smtpEP.ImplicitTLS {
+		c = smtp.NewClient(conn)
+		if err := c.Hello(helo); err != nil {
+			c.Close()
+			return nil, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		}
+	} else {
+		// NewClientStartTLS fails when the server does not offer STARTTLS:
+		// no plaintext fallback.
+		c, err = smtp.NewClientStartTLS(conn, p.TLSConfig(p.smtpEP.Host))
+		if err != nil {
+			conn.Close()
+			return nil, &Error{Provider: p.Name, Op: "smtp starttls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		}
+		if err := c.Hello(helo); err != nil {
+			c.Close()
+			return nil, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		}
+	}
+	conn.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// LoginSMTP dials and authenticates with AUTH PLAIN (or LOGIN when PLAIN
+// is not offered). A refusal wraps ErrAuthFailed.
+func (p *Provider) LoginSMTP(ctx context.Context, helo, username, password string) (*smtp.Client, error) {
+	c, err := p.DialSMTP(ctx, helo)
+	if err != nil {
+		return nil, err
+	}
+	var mech sasl.Client
+	if c.SupportsAuth("PLAIN") || !c.SupportsAuth("LOGIN") {
+		mech = sasl.NewPlainClient("", username, password)
+	} else {
+		mech = sasl.NewLoginClient(username, password)
+	}
+	if err := c.Auth(mech); err != nil {
+		c.Close()
+		if se, ok := err.(*smtp.SMTPError); ok && se.Code == 535 {
+			e := &Error{Provider: p.Name, Op: "smtp auth", Permanent: true, Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
+			if p.cfg.AppPasswords {
+				e.Hint = "if two-factor login is on for this account, the provider wants an app password"
+			}
+			return nil, e
+		}
+		return nil, &Error{Provider: p.Name, Op: "smtp auth", Err: err}
+	}
+	return c, nil
+}

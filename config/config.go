@@ -1,0 +1,254 @@
+// Package config holds pecgate's TOML schema, its documented defaults, the
+// provider presets and validation. It dials nothing and imports no other
+// pecgate package.
+//
+// Load decodes a file, rejects unknown keys, applies presets and defaults and
+// then validates the whole result, reporting every problem at once with its key
+// path (for example `providers.aruba.imap: scheme must be imaps or imap`).
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Server    Server               `toml:"server"`
+	TLS       TLS                  `toml:"tls"`
+	Store     Store                `toml:"store"`
+	Providers map[string]*Provider `toml:"providers"`
+	Domains   map[string]*Domain   `toml:"domains"`
+	Admin     Admin                `toml:"admin"`
+	Vault     Vault                `toml:"vault"`
+	Log       Log                  `toml:"log"`
+}
+
+// Server holds the client-facing listeners.
+type Server struct {
+	// Hostname is the name clients use to reach the gateway; it is the
+	// subject of the self-signed certificate and the SMTP greeting.
+	// Default: the machine's host name.
+	Hostname string `toml:"hostname"`
+	// IMAPS is the implicit-TLS IMAP listen address. Default ":993"; "" disables.
+	IMAPS *string `toml:"imaps"`
+	// IMAP is the STARTTLS IMAP listen address. Default ":143"; "" disables.
+	IMAP *string `toml:"imap"`
+	// SMTPS is the implicit-TLS submission listen address. Default ":465"; "" disables.
+	SMTPS *string `toml:"smtps"`
+	// Submission is the STARTTLS submission listen address. Default ":587"; "" disables.
+	Submission *string `toml:"submission"`
+	// Admin is the admin HTTP listen address. Default "127.0.0.1:8080"; "" disables.
+	Admin *string `toml:"admin"`
+	// ShutdownGrace is how long `serve` waits on SIGTERM for sessions to end
+	// after telling them BYE. Default 10s; zero means the default.
+	ShutdownGrace Duration `toml:"shutdown_grace"`
+	// MaxMessageSize caps a client APPEND or SMTP DATA, in bytes. Default
+	// 104857600 (100 MiB); zero means the default. A provider's own smaller
+	// limit wins.
+	MaxMessageSize int64 `toml:"max_message_size"`
+}
+
+// TLS holds the certificates served to clients.
+type TLS struct {
+	// Cert and Key are the default PEM certificate chain and private key.
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+	// Certs are further pairs chosen by SNI (the client's server name);
+	// Cert/Key serve names none of them covers. Optional.
+	Certs []CertPair `toml:"certs"`
+	// SelfSigned generates a certificate for Server.Hostname at start-up
+	// (development only). Default false.
+	SelfSigned bool `toml:"self_signed"`
+}
+
+// CertPair is one PEM certificate chain and its key.
+type CertPair struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// Store says where the durable state lives.
+type Store struct {
+	// Path is the directory of the embedded bbolt store. Default "/var/lib/pecgate".
+	Path string `toml:"path"`
+	// URL is a PostgreSQL URL; when set, Path is unused. Default "".
+	URL string `toml:"url"`
+}
+
+// Provider is one upstream mail service.
+type Provider struct {
+	// Name is the provider's key in [providers.NAME]; set by Load.
+	Name string `toml:"-"`
+	// Preset fills IMAP, SMTP and quirks for a known provider: aruba,
+	// infocert, namirial, poste, register, actalis. Optional.
+	Preset string `toml:"preset"`
+	// IMAP is the upstream IMAP endpoint: imaps://host[:993] (implicit TLS)
+	// or imap://host[:143] (STARTTLS, required). Required unless a preset fills it.
+	IMAP string `toml:"imap"`
+	// SMTP is the upstream submission endpoint: smtps://host[:465] or
+	// smtp://host[:587] (STARTTLS, required). Required unless a preset fills it.
+	SMTP string `toml:"smtp"`
+	// Auth is how pecgate logs in upstream: passthrough, master or vault.
+	// Default "passthrough".
+	Auth string `toml:"auth"`
+	// CA is a PEM bundle trusted for this upstream in addition to the
+	// system roots. Optional (tests, private CAs).
+	CA string `toml:"ca"`
+	// MasterUser and MasterPasswordFile are used when Auth is "master".
+	MasterUser         string `toml:"master_user"`
+	MasterPasswordFile string `toml:"master_password_file"`
+	// MaxConnections caps concurrent upstream IMAP connections to this
+	// provider, all users together. Default 200; negative means unlimited.
+	MaxConnections int `toml:"max_connections"`
+	// ConnectTimeout bounds dialling and the TLS handshake. Default 15s.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// LoginTimeout bounds the upstream greeting and LOGIN. Default 30s.
+	LoginTimeout Duration `toml:"login_timeout"`
+	// MaxMessageSize is the provider's message size limit in bytes (PEC
+	// providers typically accept 30-100 MB). Default 0: unknown, only
+	// Server.MaxMessageSize applies.
+	MaxMessageSize int64 `toml:"max_message_size"`
+	// AppPasswords says the provider is known to require an app password when
+	// the account has two-factor login; a refused login then carries a hint.
+	// Filled by presets. Default false.
+	AppPasswords bool `toml:"app_passwords"`
+}
+
+// Domain is one mail domain the gateway serves.
+type Domain struct {
+	// Name is the domain (lower case), set by Load from [domains."NAME"].
+	Name string `toml:"-"`
+	// Old names the provider the domain is on now. Required.
+	Old string `toml:"old"`
+	// New names the provider the domain moves to. Optional; required for
+	// states migrating and new.
+	New string `toml:"new"`
+	// State is old, migrating or new. Default "old".
+	State string `toml:"state"`
+}
+
+// Admin configures the admin HTTP API.
+type Admin struct {
+	// TokenFile holds the bearer token admin calls need. Required when the
+	// admin listener is enabled.
+	TokenFile string `toml:"token_file"`
+}
+
+// Vault configures the credential vault.
+type Vault struct {
+	// KeyFile holds 32 random bytes (raw, hex or base64) that encrypt the
+	// vault; never stored in the store. Optional unless a provider uses vault.
+	KeyFile string `toml:"key_file"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is json or text. Default "json".
+	Format string `toml:"format"`
+	// Level is debug, info, warn or error. Default "info".
+	Level string `toml:"level"`
+}
+
+// States a domain or user can be in.
+const (
+	StateOld       = "old"
+	StateMigrating = "migrating"
+	StateNew       = "new"
+)
+
+// Credential strategies.
+const (
+	AuthPassthrough = "passthrough"
+	AuthMaster      = "master"
+	AuthVault       = "vault"
+)
+
+// Duration is a time.Duration written as a Go duration string ("15s", "2m").
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Endpoint is a parsed upstream URL.
+type Endpoint struct {
+	// Host and Port as dialled; Port is filled from the scheme when absent.
+	Host string
+	Port string
+	// ImplicitTLS is true for imaps:// and smtps://, false for STARTTLS.
+	ImplicitTLS bool
+}
+
+// Addr is Host:Port.
+func (e Endpoint) Addr() string { return net.JoinHostPort(e.Host, e.Port) }
+
+// ParseEndpoint parses an endpoint URL whose scheme is tlsScheme (implicit
+// TLS) or startTLSScheme (STARTTLS), e.g. ParseEndpoint(u, "imaps", "imap").
+func ParseEndpoint(raw, tlsScheme, startTLSScheme string) (Endpoint, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("not a URL: %w", err)
+	}
+	var ep Endpoint
+	switch strings.ToLower(u.Scheme) {
+	case tlsScheme:
+		ep.ImplicitTLS = true
+	case startTLSScheme:
+	default:
+		return Endpoint{}, fmt.Errorf("scheme must be %s:// (implicit TLS) or %s:// (STARTTLS), got %q", tlsScheme, startTLSScheme, u.Scheme)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return Endpoint{}, fmt.Errorf("want %s://host[:port] with no user, path or query", tlsScheme)
+	}
+	ep.Host = u.Hostname()
+	if ep.Host == "" {
+		return Endpoint{}, fmt.Errorf("missing host")
+	}
+	ep.Port = u.Port()
+	if ep.Port == "" {
+		ep.Port = defaultPorts[strings.ToLower(u.Scheme)]
+	}
+	if n, err := strconv.Atoi(ep.Port); err != nil || n < 1 || n > 65535 {
+		return Endpoint{}, fmt.Errorf("bad port %q", ep.Port)
+	}
+	return ep, nil
+}
+
+var defaultPorts = map[string]string{"imaps": "993", "imap": "143", "smtps": "465", "smtp": "587"}
+
+// IMAPEndpoint parses p.IMAP. Valid after Load.
+func (p *Provider) IMAPEndpoint() (Endpoint, error) { return ParseEndpoint(p.IMAP, "imaps", "imap") }
+
+// SMTPEndpoint parses p.SMTP. Valid after Load.
+func (p *Provider) SMTPEndpoint() (Endpoint, error) { return ParseEndpoint(p.SMTP, "smtps", "smtp") }
+
+// Addr returns the listen address a *string field holds, "" when disabled.
+func Addr(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// LookupDomain finds the domain of an address (case-insensitively), or nil.
+func (c *Config) LookupDomain(address string) *Domain {
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 || at == len(address)-1 {
+		return nil
+	}
+	return c.Domains[strings.ToLower(address[at+1:])]
+}
