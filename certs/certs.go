@@ -1,5 +1,5 @@
 // Package certs owns the certificates pecgate shows to its clients: it loads
-// the PEM pairs named in [tls], or generates a self-signed development
+// the PEM pairs named in the config's tls table, or generates a self-signed development
 // certificate, picks one per handshake by SNI, and reloads them when their
 // files change (Watch) or when asked to (Reload, which cmd calls on SIGHUP).
 // It knows nothing about IMAP or SMTP and handles no signals.
