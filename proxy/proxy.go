@@ -13,6 +13,9 @@ package proxy
 import (
 	"crypto/tls"
 	"log/slog"
+	"mime"
+
+	"github.com/emersion/go-message/charset"
 	"strings"
 
 	"github.com/pecgate/pecgate/backend"
@@ -62,3 +65,23 @@ func (o *Options) resolve(username string) *Route {
 	}
 	return &Route{User: username, Domain: d, Provider: p}
 }
+
+// maxMessageSize is the APPEND/DATA limit for a route: the server's, or the
+// provider's when that is smaller.
+func (o *Options) maxMessageSize(r *Route) int64 {
+	limit := o.Config.Server.MaxMessageSize
+	if limit <= 0 {
+		limit = 100 << 20
+	}
+	if r != nil {
+		if p := r.Provider.Config().MaxMessageSize; p > 0 && p < limit {
+			limit = p
+		}
+	}
+	return limit
+}
+
+// wordDecoder decodes RFC 2047 words in ENVELOPE fields in every charset
+// go-message knows (ISO-8859-*, Windows-125x...), so an upstream envelope
+// in Latin-1 reaches the client instead of a decoding error.
+var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}

@@ -1,0 +1,909 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	gosync "sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/pecgate/pecgate/backend"
+)
+
+// imapSession serves one client connection from one upstream connection
+// to the provider of the user's route (state old: a transparent proxy).
+//
+// Sequence numbers are the upstream's: the session forwards every EXISTS
+// and EXPUNGE the upstream sends, in order, so the client's view and the
+// upstream's stay equal and message numbers pass through unchanged.
+//
+// Locking: imapserver calls Session methods one at a time, except Idle,
+// which runs on its own goroutine while the connection reads DONE. mu
+// guards the fields the unilateral-data handlers (upstream reader
+// goroutine) touch: queue, gen.
+type imapSession struct {
+	srv    *IMAPServer
+	conn   *imapserver.Conn
+	cid    uint64
+	log    *slog.Logger
+	events chan struct{} // one token: the queue grew
+
+	route    *Route
+	password string // the client's, in memory only, to reconnect upstream
+
+	up       *backend.IMAPConn
+	selected string // "" when no mailbox is selected
+	readOnly bool
+	selData  *imap.SelectData
+	touched  bool // a method talked to the upstream since the last Poll
+
+	mu      gosync.Mutex
+	gen     int // upstream connection generation; stale handlers are ignored
+	queue   []update
+	active  int  // session methods running
+	byeSoon bool // shutdown asked while a method ran
+	closed  bool
+}
+
+type updateKind int
+
+const (
+	updExists updateKind = iota
+	updExpunge
+	updFlags
+	updMailboxFlags
+)
+
+type update struct {
+	kind  updateKind
+	num   uint32 // EXISTS count or sequence number
+	uid   imap.UID
+	flags []imap.Flag
+}
+
+var (
+	_ imapserver.Session            = (*imapSession)(nil)
+	_ imapserver.SessionNamespace   = (*imapSession)(nil)
+	_ imapserver.SessionMove        = (*imapSession)(nil)
+	_ imapserver.SessionAppendLimit = (*imapSession)(nil)
+)
+
+func (s *imapSession) enter() {
+	s.mu.Lock()
+	s.active++
+	s.mu.Unlock()
+}
+
+func (s *imapSession) leave() {
+	s.mu.Lock()
+	s.active--
+	bye := s.byeSoon && s.active == 0
+	s.mu.Unlock()
+	if bye {
+		// After the method returns imapserver writes the tagged reply; the
+		// BYE goes out on its own goroutine under the connection's
+		// encoder lock, so responses never interleave.
+		go s.conn.Bye("Server shutting down, please reconnect")
+	}
+}
+
+// shutdown says BYE now when the session is between commands or idling,
+// or as soon as its running command ends.
+func (s *imapSession) shutdown() {
+	s.mu.Lock()
+	if s.active > 0 {
+		s.byeSoon = true
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.conn.Bye("Server shutting down, please reconnect")
+}
+
+// Close implements imapserver.Session.
+func (s *imapSession) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.gen++
+	s.mu.Unlock()
+	if s.up != nil {
+		s.up.Logout()
+		s.up = nil
+	}
+	s.srv.sessionDone(s)
+	s.log.Info("session end")
+	return nil
+}
+
+// Login implements imapserver.Session (LOGIN and AUTHENTICATE PLAIN).
+func (s *imapSession) Login(username, password string) error {
+	s.enter()
+	defer s.leave()
+	route := s.srv.opts.resolve(username)
+	if route == nil {
+		s.log.Info("login refused", "user", username, "reason", "unknown domain")
+		return imapserver.ErrAuthFailed
+	}
+	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name)
+	up, err := s.dialUpstream(route, username, password)
+	if err != nil {
+		if backend.IsAuthFailure(err) {
+			log.Info("login refused", "reason", "upstream refused", "err", err)
+			return imapserver.ErrAuthFailed
+		}
+		log.Warn("login failed", "reason", "upstream unavailable", "err", err)
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
+			Text: "The mail provider is unreachable, please retry later"}
+	}
+	s.route, s.password, s.up, s.log = route, password, up, log
+	log.Info("login")
+	return nil
+}
+
+func (s *imapSession) dialUpstream(route *Route, username, password string) (*backend.IMAPConn, error) {
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	return route.Provider.LoginIMAP(ctx, username, password, &imapclient.Options{
+		UnilateralDataHandler: s.handler(gen),
+		WordDecoder:           wordDecoder,
+	})
+}
+
+// handler returns the unilateral-data handler of upstream generation gen.
+// It runs on the upstream reader goroutine (Expunge, Mailbox) or on a
+// fresh goroutine (Fetch): it only queues, never calls the client.
+func (s *imapSession) handler(gen int) *imapclient.UnilateralDataHandler {
+	push := func(u update) {
+		s.mu.Lock()
+		if s.gen == gen && !s.closed {
+			s.queue = append(s.queue, u)
+		}
+		s.mu.Unlock()
+		select {
+		case s.events <- struct{}{}:
+		default:
+		}
+	}
+	return &imapclient.UnilateralDataHandler{
+		Expunge: func(seq uint32) { push(update{kind: updExpunge, num: seq}) },
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				push(update{kind: updExists, num: *d.NumMessages})
+			}
+			if d.Flags != nil {
+				push(update{kind: updMailboxFlags, flags: d.Flags})
+			}
+		},
+		// An unsolicited FETCH is a flag change made elsewhere. This
+		// handler runs on its own goroutine (imapclient fetch.go
+		// handleFetch: `go handler(msg)`), so in theory it can be queued
+		// after an EXPUNGE that the upstream sent later; Dovecot sends
+		// flag changes and expunges in separate bursts, and a wrong
+		// sequence number here costs a client a stale flag, not a message.
+		Fetch: func(msg *imapclient.FetchMessageData) {
+			buf, err := msg.Collect()
+			if err != nil || buf.Flags == nil {
+				return
+			}
+			push(update{kind: updFlags, num: buf.SeqNum, uid: buf.UID, flags: buf.Flags})
+		},
+	}
+}
+
+// upstream returns a live upstream connection, reconnecting once when the
+// library dropped it (an unknown untagged response, a rejected APPEND, a
+// provider restart). When a mailbox was selected it is selected again and
+// must look the same (UIDVALIDITY, EXISTS, UIDNEXT), else the client's
+// message numbers would lie: then the client gets BYE.
+func (s *imapSession) upstream() (*backend.IMAPConn, error) {
+	s.touched = true
+	if s.up != nil {
+		select {
+		case <-s.up.Closed():
+		default:
+			return s.up, nil
+		}
+		s.up.Close()
+		s.up = nil
+	}
+	if s.route == nil {
+		return nil, errUpstreamGone
+	}
+	s.log.Info("upstream reconnect")
+	up, err := s.dialUpstream(s.route, s.route.User, s.password)
+	if err != nil {
+		s.log.Warn("upstream reconnect failed", "err", err)
+		return nil, errUpstreamGone
+	}
+	if s.selected != "" {
+		data, err := up.Select(s.selected, &imap.SelectOptions{ReadOnly: s.readOnly}).Wait()
+		if err != nil || data.UIDValidity != s.selData.UIDValidity ||
+			data.NumMessages != s.selData.NumMessages || data.UIDNext != s.selData.UIDNext {
+			up.Close()
+			s.log.Warn("upstream reconnect: mailbox changed meanwhile, closing client", "mailbox", s.selected)
+			go s.conn.Bye("Mailbox state lost, please reconnect")
+			return nil, errUpstreamGone
+		}
+	}
+	s.up = up
+	return up, nil
+}
+
+// markClosedOnIOError drops the upstream after a non-IMAP error so the
+// next command reconnects.
+func (s *imapSession) check(err error) error {
+	if err == nil {
+		return nil
+	}
+	var imapErr *imap.Error
+	if !errors.As(err, &imapErr) && s.up != nil {
+		s.up.Close()
+	}
+	return upstreamError(err)
+}
+
+// Select implements imapserver.Session (SELECT and EXAMINE).
+func (s *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.queue = nil // updates of the previous mailbox are void
+	s.mu.Unlock()
+	s.selected = ""
+	data, err := up.Select(mailbox, options).Wait()
+	if err != nil {
+		return nil, s.check(err)
+	}
+	s.selected, s.readOnly, s.selData = mailbox, options != nil && options.ReadOnly, data
+	return data, nil
+}
+
+// Unselect implements imapserver.Session (UNSELECT; CLOSE after Expunge).
+func (s *imapSession) Unselect() error {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	if err := up.Unselect().Wait(); err != nil {
+		return s.check(err)
+	}
+	s.selected = ""
+	s.mu.Lock()
+	s.queue = nil
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *imapSession) simple(f func(up *backend.IMAPConn) error) error {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	return s.check(f(up))
+}
+
+// Create implements imapserver.Session.
+func (s *imapSession) Create(mailbox string, options *imap.CreateOptions) error {
+	return s.simple(func(up *backend.IMAPConn) error { return up.Create(mailbox, options).Wait() })
+}
+
+// Delete implements imapserver.Session.
+func (s *imapSession) Delete(mailbox string) error {
+	return s.simple(func(up *backend.IMAPConn) error { return up.Delete(mailbox).Wait() })
+}
+
+// Rename implements imapserver.Session.
+func (s *imapSession) Rename(mailbox, newName string, options *imap.RenameOptions) error {
+	return s.simple(func(up *backend.IMAPConn) error { return up.Rename(mailbox, newName, options).Wait() })
+}
+
+// Subscribe implements imapserver.Session.
+func (s *imapSession) Subscribe(mailbox string) error {
+	return s.simple(func(up *backend.IMAPConn) error { return up.Subscribe(mailbox).Wait() })
+}
+
+// Unsubscribe implements imapserver.Session.
+func (s *imapSession) Unsubscribe(mailbox string) error {
+	return s.simple(func(up *backend.IMAPConn) error { return up.Unsubscribe(mailbox).Wait() })
+}
+
+// List implements imapserver.Session (LIST and LSUB).
+func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	return s.simple(func(up *backend.IMAPConn) error {
+		for _, pattern := range patterns {
+			cmd := up.List(ref, pattern, options)
+			for {
+				data := cmd.Next()
+				if data == nil {
+					break
+				}
+				if err := w.WriteList(data); err != nil {
+					cmd.Close()
+					return err
+				}
+			}
+			if err := cmd.Close(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Status implements imapserver.Session. Every item the client asked for is
+// filled (imapserver dereferences them all): an item the upstream left out
+// is an error rather than a panic.
+func (s *imapSession) Status(mailbox string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	upOpts := *options
+	upOpts.NumRecent = false // imapclient cannot ask for RECENT
+	data, err := up.Status(mailbox, &upOpts).Wait()
+	if err != nil {
+		return nil, s.check(err)
+	}
+	if options.NumRecent && data.NumRecent == nil {
+		var zero uint32
+		data.NumRecent = &zero
+	}
+	if (options.NumMessages && data.NumMessages == nil) || (options.NumUnseen && data.NumUnseen == nil) ||
+		(options.NumDeleted && data.NumDeleted == nil) || (options.Size && data.Size == nil) ||
+		(options.AppendLimit && data.AppendLimit == nil) || (options.DeletedStorage && data.DeletedStorage == nil) {
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot,
+			Text: "The mail provider did not return every STATUS item"}
+	}
+	return data, nil
+}
+
+// AppendLimit implements imapserver.SessionAppendLimit.
+func (s *imapSession) AppendLimit() uint32 {
+	limit := s.srv.opts.maxMessageSize(s.route)
+	if limit > int64(^uint32(0)) {
+		return ^uint32(0)
+	}
+	return uint32(limit)
+}
+
+// Append implements imapserver.Session, streaming the literal upstream.
+func (s *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	s.enter()
+	defer s.leave()
+	if limit := s.srv.opts.maxMessageSize(s.route); r.Size() > limit {
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeTooBig,
+			Text: fmt.Sprintf("Message too big: the limit is %d bytes", limit)}
+	}
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	cmd := up.Append(mailbox, r.Size(), options)
+	n, copyErr := io.Copy(cmd, r)
+	if copyErr == nil && n != r.Size() {
+		// imapserver hands us a LimitReader: a client that vanished
+		// mid-literal reads as a clean, short EOF.
+		copyErr = io.ErrUnexpectedEOF
+	}
+	if copyErr != nil {
+		// The upstream is still inside the literal: the only way to make
+		// sure nothing is stored is to drop the connection.
+		s.log.Info("append aborted", "mailbox", mailbox, "got", n, "want", r.Size(), "err", copyErr)
+		up.Close()
+		cmd.Close()
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "APPEND aborted: message incomplete, nothing stored"}
+	}
+	if err := cmd.Close(); err != nil {
+		return nil, s.check(err)
+	}
+	data, err := cmd.Wait()
+	if err != nil {
+		// A NO before the continuation makes imapclient close the whole
+		// connection (GOIMAP-NOTES): the next command reconnects.
+		return nil, s.check(err)
+	}
+	return data, nil
+}
+
+// Poll implements imapserver.Session. It forwards queued upstream updates;
+// when the command did not reach the upstream (NOOP, CHECK) it first asks
+// the upstream with NOOP, so polling clients see new mail.
+func (s *imapSession) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
+	if !s.touched && s.up != nil {
+		s.enter()
+		if up, err := s.upstream(); err == nil {
+			if err := up.Noop().Wait(); err != nil {
+				s.check(err)
+			}
+		}
+		s.leave()
+	}
+	s.touched = false
+	return s.flush(w, allowExpunge)
+}
+
+// flush writes queued updates in order, stopping before an EXPUNGE when
+// expunges are not allowed (during FETCH, STORE, SEARCH).
+func (s *imapSession) flush(w *imapserver.UpdateWriter, allowExpunge bool) error {
+	s.mu.Lock()
+	q := s.queue
+	i := 0
+	for ; i < len(q); i++ {
+		if q[i].kind == updExpunge && !allowExpunge {
+			break
+		}
+	}
+	s.queue = append([]update(nil), q[i:]...)
+	s.mu.Unlock()
+	for _, u := range q[:i] {
+		var err error
+		switch u.kind {
+		case updExists:
+			err = w.WriteNumMessages(u.num)
+		case updExpunge:
+			err = w.WriteExpunge(u.num)
+		case updFlags:
+			err = w.WriteMessageFlags(u.num, u.uid, u.flags)
+		case updMailboxFlags:
+			err = w.WriteMailboxFlags(u.flags)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Idle implements imapserver.Session: the upstream IDLEs too and its
+// updates are relayed as they come. Without IDLE upstream, it polls with
+// NOOP every 30 seconds.
+func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	if err := s.flush(w, true); err != nil {
+		return err
+	}
+	if !up.Caps().Has(imap.CapIdle) {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return s.flush(w, true)
+			case <-s.events:
+				if err := s.flush(w, true); err != nil {
+					return err
+				}
+			case <-t.C:
+				if err := up.Noop().Wait(); err != nil {
+					return s.check(err)
+				}
+			}
+		}
+	}
+	idle, err := up.Idle()
+	if err != nil {
+		return s.check(err)
+	}
+	for {
+		select {
+		case <-stop:
+			if err := idle.Close(); err != nil {
+				return s.check(err)
+			}
+			if err := idle.Wait(); err != nil {
+				return s.check(err)
+			}
+			return s.flush(w, true)
+		case <-s.events:
+			if err := s.flush(w, true); err != nil {
+				idle.Close()
+				return err
+			}
+		case <-up.Closed():
+			// The provider went away: end the client's IDLE with a clean
+			// error instead of leaving it hanging.
+			return errUpstreamGone
+		}
+	}
+}
+
+// Expunge implements imapserver.Session (EXPUNGE, UID EXPUNGE, CLOSE).
+func (s *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	s.enter()
+	defer s.leave()
+	if s.readOnly {
+		return errReadOnly
+	}
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	var cmd *imapclient.ExpungeCommand
+	if uids != nil {
+		if !up.Caps().Has(imap.CapUIDPlus) {
+			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot,
+				Text: "The mail provider does not support UID EXPUNGE"}
+		}
+		cmd = up.UIDExpunge(*uids)
+	} else {
+		cmd = up.Expunge()
+	}
+	for seq := cmd.Next(); seq != 0; seq = cmd.Next() {
+		if err := w.WriteExpunge(seq); err != nil {
+			cmd.Close()
+			return err
+		}
+	}
+	return s.check(cmd.Close())
+}
+
+var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: "READ-ONLY",
+	Text: "Mailbox is read-only (EXAMINE)"}
+
+// Search implements imapserver.Session. ESEARCH results are computed here
+// when the upstream has no ESEARCH.
+func (s *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	esearch := options != nil && (options.ReturnMin || options.ReturnMax || options.ReturnAll || options.ReturnCount)
+	upOpts := options
+	if esearch && !up.Caps().Has(imap.CapESearch) && !up.Caps().Has(imap.CapIMAP4rev2) {
+		upOpts = nil
+	}
+	var cmd *imapclient.SearchCommand
+	if kind == imapserver.NumKindUID {
+		cmd = up.UIDSearch(criteria, upOpts)
+	} else {
+		cmd = up.Search(criteria, upOpts)
+	}
+	data, err := cmd.Wait()
+	if err != nil {
+		return nil, s.check(err)
+	}
+	if esearch && upOpts == nil {
+		fillESearch(data, kind)
+	}
+	return data, nil
+}
+
+// fillESearch computes MIN, MAX and COUNT from a plain SEARCH result.
+func fillESearch(data *imap.SearchData, kind imapserver.NumKind) {
+	var nums []uint32
+	switch all := data.All.(type) {
+	case imap.SeqSet:
+		nums, _ = all.Nums()
+	case imap.UIDSet:
+		uids, _ := all.Nums()
+		for _, u := range uids {
+			nums = append(nums, uint32(u))
+		}
+	}
+	data.Count = uint32(len(nums))
+	for i, n := range nums {
+		if i == 0 || n < data.Min {
+			data.Min = n
+		}
+		if n > data.Max {
+			data.Max = n
+		}
+	}
+	if data.All == nil {
+		if kind == imapserver.NumKindUID {
+			data.All = imap.UIDSet{}
+		} else {
+			data.All = imap.SeqSet{}
+		}
+	}
+}
+
+// Fetch implements imapserver.Session: every item is relayed as the
+// upstream sent it; body sections stream through without being held.
+func (s *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	cmd := up.Fetch(numSet, options)
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		if err := s.relayMessage(w, msg, options); err != nil {
+			// The client is gone or the upstream broke mid-message: the
+			// upstream connection may be inside a literal, drop it.
+			up.Close()
+			cmd.Close()
+			return err
+		}
+	}
+	return s.check(cmd.Close())
+}
+
+func (s *imapSession) relayMessage(w *imapserver.FetchWriter, msg *imapclient.FetchMessageData, options *imap.FetchOptions) error {
+	rw := w.CreateMessage(msg.SeqNum)
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		switch item := item.(type) {
+		case imapclient.FetchItemDataUID:
+			rw.WriteUID(item.UID)
+		case imapclient.FetchItemDataFlags:
+			rw.WriteFlags(item.Flags)
+		case imapclient.FetchItemDataRFC822Size:
+			rw.WriteRFC822Size(item.Size)
+		case imapclient.FetchItemDataInternalDate:
+			rw.WriteInternalDate(item.Time)
+		case imapclient.FetchItemDataEnvelope:
+			rw.WriteEnvelope(item.Envelope)
+		case imapclient.FetchItemDataBodyStructure:
+			if options.BodyStructure == nil {
+				continue
+			}
+			// imapserver panics on a non-extended structure when the
+			// client asked BODYSTRUCTURE; imapclient leaves Extended nil
+			// when the upstream sent no extension data.
+			fillExtended(item.BodyStructure)
+			rw.WriteBodyStructure(item.BodyStructure)
+		case imapclient.FetchItemDataBodySection:
+			sec := matchBodySection(options, &item)
+			if sec == nil {
+				io.Copy(io.Discard, item.Literal)
+				continue
+			}
+			if err := copyLiteral(rw.WriteBodySection(sec, item.Literal.Size()), item.Literal); err != nil {
+				return err
+			}
+		case imapclient.FetchItemDataBinarySection:
+			var sec *imap.FetchItemBinarySection
+			for _, c := range options.BinarySection {
+				if item.MatchCommand(c) {
+					sec = c
+					break
+				}
+			}
+			if sec == nil {
+				io.Copy(io.Discard, item.Literal)
+				continue
+			}
+			if err := copyLiteral(rw.WriteBinarySection(sec, item.Literal.Size()), item.Literal); err != nil {
+				return err
+			}
+		case imapclient.FetchItemDataBinarySectionSize:
+			for _, c := range options.BinarySectionSize {
+				if item.MatchCommand(c) {
+					rw.WriteBinarySectionSize(c, item.Size)
+					break
+				}
+			}
+		}
+	}
+	return rw.Close()
+}
+
+// matchBodySection returns the client's own section item for an upstream
+// body section: imapserver keys obsolete names (RFC822, RFC822.HEADER...) by
+// that pointer.
+func matchBodySection(options *imap.FetchOptions, item *imapclient.FetchItemDataBodySection) *imap.FetchItemBodySection {
+	for _, c := range options.BodySection {
+		if item.MatchCommand(c) {
+			return c
+		}
+	}
+	return nil
+}
+
+func copyLiteral(w io.WriteCloser, lit imap.LiteralReader) error {
+	n, err := io.Copy(w, lit)
+	if err == nil && n != lit.Size() {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		// Closing a short literal writer would pad nothing: the client
+		// stream is broken either way; report it.
+		return fmt.Errorf("relay literal: %w", err)
+	}
+	return w.Close()
+}
+
+func fillExtended(bs imap.BodyStructure) {
+	switch bs := bs.(type) {
+	case *imap.BodyStructureSinglePart:
+		if bs.Extended == nil {
+			bs.Extended = &imap.BodyStructureSinglePartExt{}
+		}
+		if bs.MessageRFC822 != nil && bs.MessageRFC822.BodyStructure != nil {
+			fillExtended(bs.MessageRFC822.BodyStructure)
+		}
+	case *imap.BodyStructureMultiPart:
+		if bs.Extended == nil {
+			bs.Extended = &imap.BodyStructureMultiPartExt{}
+		}
+		for _, c := range bs.Children {
+			fillExtended(c)
+		}
+	}
+}
+
+// Store implements imapserver.Session.
+func (s *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	s.enter()
+	defer s.leave()
+	if s.readOnly {
+		return errReadOnly
+	}
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	cmd := up.Store(numSet, flags, options)
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		buf, err := msg.Collect()
+		if err != nil {
+			cmd.Close()
+			return s.check(err)
+		}
+		rw := w.CreateMessage(buf.SeqNum)
+		if buf.UID != 0 {
+			rw.WriteUID(buf.UID)
+		}
+		if buf.Flags != nil {
+			rw.WriteFlags(buf.Flags)
+		}
+		if err := rw.Close(); err != nil {
+			cmd.Close()
+			return err
+		}
+	}
+	return s.check(cmd.Close())
+}
+
+// Copy implements imapserver.Session.
+func (s *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	data, err := up.Copy(numSet, dest).Wait()
+	if err != nil {
+		return nil, s.check(err)
+	}
+	return data, nil
+}
+
+// Move implements imapserver.SessionMove. Without MOVE upstream it copies,
+// and only when the copy succeeded marks the messages \Deleted and
+// UID EXPUNGEs exactly them (imapclient's own fallback pipelines all three
+// without checking COPY).
+func (s *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
+	s.enter()
+	defer s.leave()
+	if s.readOnly {
+		return errReadOnly
+	}
+	up, err := s.upstream()
+	if err != nil {
+		return err
+	}
+	if up.Caps().Has(imap.CapMove) {
+		data, err := up.Move(numSet, dest).Wait()
+		if err != nil {
+			return s.check(err)
+		}
+		if data.DestUIDs != nil {
+			if err := w.WriteCopyData(&imap.CopyData{UIDValidity: data.UIDValidity, SourceUIDs: data.SourceUIDs.(imap.UIDSet), DestUIDs: data.DestUIDs.(imap.UIDSet)}); err != nil {
+				return err
+			}
+		}
+		// The upstream's EXPUNGEs arrived through the unilateral handler
+		// (a MOVE is not an ExpungeCommand); relay them now, in order.
+		return s.flushExpunges(w)
+	}
+	if !up.Caps().Has(imap.CapUIDPlus) {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot,
+			Text: "The mail provider supports neither MOVE nor UIDPLUS; use COPY"}
+	}
+	uidSet, ok := numSet.(imap.UIDSet)
+	if !ok {
+		res, err := up.UIDSearch(&imap.SearchCriteria{SeqNum: []imap.SeqSet{numSet.(imap.SeqSet)}}, nil).Wait()
+		if err != nil {
+			return s.check(err)
+		}
+		uids := res.AllUIDs()
+		if len(uids) == 0 {
+			return nil
+		}
+		uidSet = imap.UIDSetNum(uids...)
+	}
+	data, err := up.Copy(uidSet, dest).Wait()
+	if err != nil {
+		return s.check(err)
+	}
+	if err := w.WriteCopyData(data); err != nil {
+		return err
+	}
+	if err := up.Store(uidSet, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+		return s.check(err)
+	}
+	cmd := up.UIDExpunge(uidSet)
+	for seq := cmd.Next(); seq != 0; seq = cmd.Next() {
+		if err := w.WriteExpunge(seq); err != nil {
+			cmd.Close()
+			return err
+		}
+	}
+	return s.check(cmd.Close())
+}
+
+func (s *imapSession) flushExpunges(w *imapserver.MoveWriter) error {
+	s.mu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	var rest []update
+	for _, u := range q {
+		if u.kind == updExpunge {
+			if err := w.WriteExpunge(u.num); err != nil {
+				return err
+			}
+		} else {
+			rest = append(rest, u)
+		}
+	}
+	if len(rest) > 0 {
+		s.mu.Lock()
+		s.queue = append(rest, s.queue...)
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Namespace implements imapserver.SessionNamespace; without NAMESPACE
+// upstream it answers one personal namespace with the upstream delimiter.
+func (s *imapSession) Namespace() (*imap.NamespaceData, error) {
+	s.enter()
+	defer s.leave()
+	up, err := s.upstream()
+	if err != nil {
+		return nil, err
+	}
+	if up.Caps().Has(imap.CapNamespace) {
+		data, err := up.Namespace().Wait()
+		return data, s.check(err)
+	}
+	list, err := up.List("", "", nil).Collect()
+	if err != nil {
+		return nil, s.check(err)
+	}
+	var delim rune = '/'
+	if len(list) > 0 {
+		delim = list[0].Delim
+	}
+	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: "", Delim: delim}}}, nil
+}
