@@ -4,7 +4,14 @@
 //
 // Load decodes a file, rejects unknown keys, applies presets and defaults and
 // then validates the whole result, reporting every problem at once with its key
-// path (for example `providers.aruba.imap: scheme must be imaps or imap`).
+// path and line (for example `pecgate.toml:12: providers.aruba.imap: scheme
+// must be imaps:// (implicit TLS) or imap:// (STARTTLS), got "https"`).
+//
+// Invariants: a Config returned by Load or Parse is complete (every default
+// filled, every listener field non-nil, Providers and Domains non-nil, domain
+// keys lower case) and valid; Parse never reads another file, resolves a name
+// or dials; re-encoding a parsed Config as TOML and parsing it again yields an
+// equal Config (FuzzParse checks it).
 package config
 
 import (
@@ -32,7 +39,8 @@ type Config struct {
 type Server struct {
 	// Hostname is the name clients use to reach the gateway; it is the
 	// subject of the self-signed certificate and the SMTP greeting.
-	// Default: the machine's host name.
+	// Default: the machine's host name. It must be a DNS name (labels of
+	// letters, digits, '-' and '_' joined by dots).
 	Hostname string `toml:"hostname"`
 	// IMAPS is the implicit-TLS IMAP listen address. Default ":993"; "" disables.
 	IMAPS *string `toml:"imaps"`
@@ -43,23 +51,30 @@ type Server struct {
 	// Submission is the STARTTLS submission listen address. Default ":587"; "" disables.
 	Submission *string `toml:"submission"`
 	// Admin is the admin HTTP listen address. Default "127.0.0.1:8080"; "" disables.
+	// It must be a loopback address (localhost, 127.0.0.0/8, ::1) unless
+	// Admin.AllowNonLoopback is set.
 	Admin *string `toml:"admin"`
 	// ShutdownGrace is how long `serve` waits on SIGTERM for sessions to end
-	// after telling them BYE. Default 10s; zero means the default.
+	// after telling them BYE. Default 10s; zero means the default; negative
+	// is an error.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// MaxMessageSize caps a client APPEND or SMTP DATA, in bytes. Default
-	// 104857600 (100 MiB); zero means the default. A provider's own smaller
-	// limit wins.
+	// 104857600 (100 MiB); zero means the default; negative is an error. A
+	// provider's own smaller limit wins.
 	MaxMessageSize int64 `toml:"max_message_size"`
 }
 
 // TLS holds the certificates served to clients.
 type TLS struct {
-	// Cert and Key are the default PEM certificate chain and private key.
+	// Cert and Key are the default PEM certificate chain and private key
+	// (file paths). One of Cert+Key or SelfSigned is required while a client
+	// listener (IMAPS, IMAP, SMTPS, Submission) is enabled; they exclude each
+	// other.
 	Cert string `toml:"cert"`
 	Key  string `toml:"key"`
 	// Certs are further pairs chosen by SNI (the client's server name);
-	// Cert/Key serve names none of them covers. Optional.
+	// Cert/Key serve names none of them covers. Optional; each entry needs
+	// both Cert and Key.
 	Certs []CertPair `toml:"certs"`
 	// SelfSigned generates a certificate for Server.Hostname at start-up
 	// (development only). Default false.
@@ -76,16 +91,19 @@ type CertPair struct {
 type Store struct {
 	// Path is the directory of the embedded bbolt store. Default "/var/lib/pecgate".
 	Path string `toml:"path"`
-	// URL is a PostgreSQL URL; when set, Path is unused. Default "".
+	// URL is a PostgreSQL URL (postgres:// or postgresql://) or key=value
+	// connection string; when set, Path is unused. Default "": embedded store.
 	URL string `toml:"url"`
 }
 
 // Provider is one upstream mail service.
 type Provider struct {
-	// Name is the provider's key in [providers.NAME]; set by Load.
+	// Name is the provider's key in [providers.NAME]; set by Load. Names
+	// hold only letters, digits, '-' and '_', and are case-sensitive.
 	Name string `toml:"-"`
 	// Preset fills IMAP, SMTP and quirks for a known provider: aruba,
-	// infocert, namirial, poste, register, actalis. Optional.
+	// infocert, namirial, poste, register, actalis (see Presets). A preset
+	// fills only the fields the file leaves empty. Optional.
 	Preset string `toml:"preset"`
 	// IMAP is the upstream IMAP endpoint: imaps://host[:993] (implicit TLS)
 	// or imap://host[:143] (STARTTLS, required). Required unless a preset fills it.
@@ -99,34 +117,41 @@ type Provider struct {
 	// CA is a PEM bundle trusted for this upstream in addition to the
 	// system roots. Optional (tests, private CAs).
 	CA string `toml:"ca"`
-	// MasterUser and MasterPasswordFile are used when Auth is "master".
+	// MasterUser and MasterPasswordFile are used, and both required, when
+	// Auth is "master"; the file holds the master password.
 	MasterUser         string `toml:"master_user"`
 	MasterPasswordFile string `toml:"master_password_file"`
 	// MaxConnections caps concurrent upstream IMAP connections to this
-	// provider, all users together. Default 200; negative means unlimited.
+	// provider, all users together. Default 200; zero means the default;
+	// negative means unlimited (kept as written).
 	MaxConnections int `toml:"max_connections"`
-	// ConnectTimeout bounds dialling and the TLS handshake. Default 15s.
+	// ConnectTimeout bounds dialling and the TLS handshake. Default 15s; zero
+	// means the default; negative is an error.
 	ConnectTimeout Duration `toml:"connect_timeout"`
-	// LoginTimeout bounds the upstream greeting and LOGIN. Default 30s.
+	// LoginTimeout bounds the upstream greeting and LOGIN. Default 30s; zero
+	// means the default; negative is an error.
 	LoginTimeout Duration `toml:"login_timeout"`
 	// MaxMessageSize is the provider's message size limit in bytes (PEC
 	// providers typically accept 30-100 MB). Default 0: unknown, only
-	// Server.MaxMessageSize applies.
+	// Server.MaxMessageSize applies. Negative is an error.
 	MaxMessageSize int64 `toml:"max_message_size"`
 	// AppPasswords says the provider is known to require an app password when
 	// the account has two-factor login; a refused login then carries a hint.
-	// Filled by presets. Default false.
+	// Filled by presets unless the file sets it. Default false.
 	AppPasswords bool `toml:"app_passwords"`
 }
 
 // Domain is one mail domain the gateway serves.
 type Domain struct {
 	// Name is the domain (lower case), set by Load from [domains."NAME"].
+	// Keys are case-insensitive: two keys that differ only by case are an
+	// error.
 	Name string `toml:"-"`
-	// Old names the provider the domain is on now. Required.
+	// Old names the provider (a key of [providers]) the domain is on now.
+	// Required.
 	Old string `toml:"old"`
-	// New names the provider the domain moves to. Optional; required for
-	// states migrating and new.
+	// New names the provider the domain moves to; not Old. Optional;
+	// required for states migrating and new.
 	New string `toml:"new"`
 	// State is old, migrating or new. Default "old".
 	State string `toml:"state"`
@@ -135,14 +160,19 @@ type Domain struct {
 // Admin configures the admin HTTP API.
 type Admin struct {
 	// TokenFile holds the bearer token admin calls need. Required when the
-	// admin listener is enabled.
+	// admin listener (Server.Admin) is enabled.
 	TokenFile string `toml:"token_file"`
+	// AllowNonLoopback lets Server.Admin listen on an address that is not
+	// loopback (":8080", "0.0.0.0:8080", a LAN address), exposing the admin
+	// API, token-protected, beyond this machine. Default false.
+	AllowNonLoopback bool `toml:"allow_non_loopback"`
 }
 
 // Vault configures the credential vault.
 type Vault struct {
 	// KeyFile holds 32 random bytes (raw, hex or base64) that encrypt the
-	// vault; never stored in the store. Optional unless a provider uses vault.
+	// vault; never stored in the store. Required when a provider has
+	// Auth "vault", optional otherwise.
 	KeyFile string `toml:"key_file"`
 }
 
@@ -199,6 +229,9 @@ func (e Endpoint) Addr() string { return net.JoinHostPort(e.Host, e.Port) }
 // ParseEndpoint parses an endpoint URL whose scheme is tlsScheme (implicit
 // TLS) or startTLSScheme (STARTTLS), e.g. ParseEndpoint(u, "imaps", "imap").
 func ParseEndpoint(raw, tlsScheme, startTLSScheme string) (Endpoint, error) {
+	if !strings.Contains(raw, "://") {
+		return Endpoint{}, fmt.Errorf("want %s://host[:port] (implicit TLS) or %s://host[:port] (STARTTLS), got %q", tlsScheme, startTLSScheme, raw)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("not a URL: %w", err)
@@ -211,12 +244,15 @@ func ParseEndpoint(raw, tlsScheme, startTLSScheme string) (Endpoint, error) {
 	default:
 		return Endpoint{}, fmt.Errorf("scheme must be %s:// (implicit TLS) or %s:// (STARTTLS), got %q", tlsScheme, startTLSScheme, u.Scheme)
 	}
-	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
-		return Endpoint{}, fmt.Errorf("want %s://host[:port] with no user, path or query", tlsScheme)
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil || u.Opaque != "" {
+		return Endpoint{}, fmt.Errorf("want %s://host[:port] with no user, path, query or fragment", tlsScheme)
 	}
 	ep.Host = u.Hostname()
 	if ep.Host == "" {
 		return Endpoint{}, fmt.Errorf("missing host")
+	}
+	if strings.Contains(ep.Host, ":") && !strings.HasPrefix(u.Host, "[") {
+		return Endpoint{}, fmt.Errorf("bad host %q: write an IPv6 address in brackets", u.Host)
 	}
 	ep.Port = u.Port()
 	if ep.Port == "" {
