@@ -6,9 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,7 +96,7 @@ func startTestGateway(t *testing.T, ca *certs.TestCA, cfg *config.Config) *testG
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewIMAP(Options{Config: cfg, Backends: bs, TLS: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}})
+	srv := NewIMAP(Options{Config: cfg, Backends: bs, Log: testLogger(t), TLS: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}})
 	lnTLS, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -192,4 +194,17 @@ func TestIMAPProxyMem(t *testing.T) {
 			t.Errorf("internaldate %v size %d", got[0].InternalDate, got[0].RFC822Size)
 		}
 	})
+}
+
+// testLogger sends the gateway's logs to the test log, shown when a test
+// fails or with -v.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -475,58 +475,86 @@ func (s *imapSession) flush(w *imapserver.UpdateWriter, allowExpunge bool) error
 
 // Idle implements imapserver.Session: the upstream IDLEs too and its
 // updates are relayed as they come. Without IDLE upstream, it polls with
-// NOOP every 30 seconds.
+// NOOP every 30 seconds. When the provider drops the connection the
+// session reconnects and goes on idling; when it cannot, the client gets
+// BYE: imapserver waits for the client's DONE after Idle returns, so an
+// error alone would leave the client hanging.
 func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	s.enter()
 	defer s.leave()
-	up, err := s.upstream()
-	if err != nil {
-		return err
-	}
-	if err := s.flush(w, true); err != nil {
-		return err
-	}
-	if !up.Caps().Has(imap.CapIdle) {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return s.flush(w, true)
-			case <-s.events:
-				if err := s.flush(w, true); err != nil {
-					return err
-				}
-			case <-t.C:
-				if err := up.Noop().Wait(); err != nil {
-					return s.check(err)
-				}
+	for attempt := 0; ; attempt++ {
+		up, err := s.upstream()
+		if err != nil || attempt == 3 {
+			s.log.Warn("upstream lost during IDLE", "err", err)
+			s.conn.Bye("The mail provider is unreachable, please reconnect later")
+			return errUpstreamGone
+		}
+		if err := s.flush(w, true); err != nil {
+			return err
+		}
+		var stopped bool
+		if up.Caps().Has(imap.CapIdle) {
+			var idle *imapclient.IdleCommand
+			if idle, err = up.Idle(); err == nil {
+				stopped, err = s.relayIdle(w, up, idle, stop)
 			}
+		} else {
+			stopped, err = s.pollIdle(w, up, stop)
+		}
+		if stopped {
+			return err
+		}
+		if err != nil {
+			s.check(err) // drops a broken upstream; the next round reconnects
 		}
 	}
-	idle, err := up.Idle()
-	if err != nil {
-		return s.check(err)
-	}
+}
+
+// pollIdle stands in for IDLE upstream with a NOOP every 30 seconds.
+func (s *imapSession) pollIdle(w *imapserver.UpdateWriter, up *backend.IMAPConn, stop <-chan struct{}) (stopped bool, err error) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
 	for {
 		select {
 		case <-stop:
+			return true, s.flush(w, true)
+		case <-s.events:
+			if err := s.flush(w, true); err != nil {
+				return true, err
+			}
+		case <-t.C:
+			if err := up.Noop().Wait(); err != nil {
+				return false, err
+			}
+		case <-up.Closed():
+			return false, errUpstreamGone
+		}
+	}
+}
+
+// relayIdle relays updates during one upstream IDLE until the client's
+// DONE (stopped) or the upstream connection's end.
+func (s *imapSession) relayIdle(w *imapserver.UpdateWriter, up *backend.IMAPConn, idle *imapclient.IdleCommand, stop <-chan struct{}) (stopped bool, err error) {
+	for {
+		select {
+		case <-stop:
+			// The client said DONE: whatever happens upstream now, this
+			// IDLE ends here.
 			if err := idle.Close(); err != nil {
-				return s.check(err)
+				return true, s.check(err)
 			}
 			if err := idle.Wait(); err != nil {
-				return s.check(err)
+				return true, s.check(err)
 			}
-			return s.flush(w, true)
+			return true, s.flush(w, true)
 		case <-s.events:
 			if err := s.flush(w, true); err != nil {
 				idle.Close()
-				return err
+				return true, err
 			}
 		case <-up.Closed():
-			// The provider went away: end the client's IDLE with a clean
-			// error instead of leaving it hanging.
-			return errUpstreamGone
+			idle.Close()
+			return false, errUpstreamGone
 		}
 	}
 }

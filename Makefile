@@ -1,0 +1,32 @@
+# pecgate: `make test` runs the whole suite against real Dovecot servers; when
+# run as root it first installs what the tests need from Debian's packages.
+GO ?= go
+PKGS := dovecot-imapd dovecot-lmtpd isync curl python3 procps
+
+.PHONY: test deps bench build vet fmt
+
+build:
+	CGO_ENABLED=0 $(GO) build -o bin/pecgate ./cmd/pecgate
+
+deps:
+	@missing=""; \
+	for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing (run 'make deps' as root, or: sudo apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+vet:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+test: deps vet
+	$(GO) test -race -timeout 20m ./...
+
+# Benchmarks print ratios against direct Dovecot; they assert nothing.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...

@@ -1,0 +1,88 @@
+// Command pecgate is the pecgate gateway and its operator tools.
+//
+//	pecgate serve   [-config FILE]     run the gateway
+//	pecgate demo                       run a self-contained demo on localhost
+//	pecgate route   DOMAIN|USER STATE  change a migration state (admin API)
+//	pecgate status  [DOMAIN|USER]      show migration progress (admin API)
+//	pecgate preflight DOMAIN           check every member before a flip
+//	pecgate verify  DOMAIN|USER        audit old against new
+//	pecgate vault   import FILE.csv    import provider credentials
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const defaultConfig = "/etc/pecgate/pecgate.toml"
+
+type command struct {
+	name, usage, summary string
+	run                  func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "serve [-config FILE] [-log-format json|text]", "run the gateway", runServe},
+		{"demo", "demo [-dir DIR]", "run old and new demo providers, the gateway and its pages on localhost", runDemo},
+		{"route", "route [-config FILE] DOMAIN|USER old|migrating|new [-force]", "change a migration state", notYet("route", 3)},
+		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", notYet("status", 4)},
+		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
+		{"verify", "verify [-config FILE] DOMAIN|USER", "audit old against new", notYet("verify", 4)},
+		{"vault", "vault [-config FILE] import FILE.csv", "import provider credentials", notYet("vault", 3)},
+	}
+}
+
+// errUsage makes main print the usage and exit 2.
+var errUsage = errors.New("usage")
+
+func notYet(name string, issue int) func([]string, io.Writer, io.Writer) error {
+	return func([]string, io.Writer, io.Writer) error {
+		return fmt.Errorf("pecgate %s is not available in this version yet (planned with the migration features, issue %d)", name, issue)
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	usage := func() {
+		fmt.Fprintln(stderr, "usage: pecgate COMMAND [flags]\n\ncommands:")
+		for _, c := range commands() {
+			fmt.Fprintf(stderr, "  %-10s %s\n", c.name, c.summary)
+		}
+		fmt.Fprintln(stderr, "\nRun 'pecgate COMMAND -h' for a command's flags.")
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage()
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdout, stderr)
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			fmt.Fprintf(stderr, "usage: pecgate %s\n", c.usage)
+			return 2
+		default:
+			fmt.Fprintf(stderr, "pecgate %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "pecgate: unknown command %q\n\n", args[0])
+	usage()
+	return 2
+}

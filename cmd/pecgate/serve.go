@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	gosync "sync"
+	"syscall"
+	"time"
+
+	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/certs"
+	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/proxy"
+)
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "configuration file")
+	logFormat := fs.String("log-format", "", "json or text (default: the config's [log] format)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: pecgate serve [-config FILE] [-log-format json|text]\n\n"+
+			"Runs the gateway: IMAP on [server] imaps/imap, submission on smtps/submission.\n"+
+			"SIGTERM or SIGINT: stop accepting, BYE to idle sessions, wait up to shutdown_grace, exit.\n"+
+			"SIGHUP: reload the TLS certificates.\n\nexample:\n  pecgate serve -config /etc/pecgate/pecgate.toml\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return errUsage
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return fmt.Errorf("%w\n(fix the configuration file %s and try again)", err, *cfgPath)
+	}
+	if *logFormat != "" {
+		cfg.Log.Format = *logFormat
+	}
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	gw, err := startGateway(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if err := gw.certs.Reload(); err != nil {
+				log.Error("certificate reload failed, keeping the old ones", "err", err)
+			} else {
+				log.Info("certificates reloaded")
+			}
+		case err := <-gw.failed:
+			gw.shutdown(time.Duration(cfg.Server.ShutdownGrace))
+			return err
+		case <-ctx.Done():
+			log.Info("shutting down", "grace", time.Duration(cfg.Server.ShutdownGrace).String())
+			gw.shutdown(time.Duration(cfg.Server.ShutdownGrace))
+			log.Info("stopped")
+			return nil
+		}
+	}
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// gateway is a running set of listeners.
+type gateway struct {
+	log    *slog.Logger
+	certs  *certs.Manager
+	imap   *proxy.IMAPServer
+	smtp   *proxy.SMTPServer
+	addrs  map[string]string // listener name -> bound address
+	failed chan error
+	cancel context.CancelFunc
+	wg     gosync.WaitGroup
+}
+
+// startGateway binds every configured listener (all or none) and serves
+// them until shutdown.
+func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*gateway, error) {
+	cm, err := certs.New(cfg.TLS, cfg.Server.Hostname, log)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	backends, err := backend.New(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	opts := proxy.Options{Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log}
+	ctx, cancel := context.WithCancel(ctx)
+	gw := &gateway{
+		log: log, certs: cm, cancel: cancel,
+		imap: proxy.NewIMAP(opts), smtp: proxy.NewSMTP(opts),
+		addrs: map[string]string{}, failed: make(chan error, 4),
+	}
+	type listener struct {
+		name, addr string
+		serve      func(net.Listener) error
+	}
+	all := []listener{
+		{"imaps", config.Addr(cfg.Server.IMAPS), gw.imap.ServeTLS},
+		{"imap", config.Addr(cfg.Server.IMAP), gw.imap.Serve},
+		{"smtps", config.Addr(cfg.Server.SMTPS), gw.smtp.ServeTLS},
+		{"submission", config.Addr(cfg.Server.Submission), gw.smtp.Serve},
+	}
+	var lns []net.Listener
+	for _, l := range all {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			cancel()
+			return nil, fmt.Errorf("server.%s: %w", l.name, err)
+		}
+		lns = append(lns, ln)
+		gw.addrs[l.name] = ln.Addr().String()
+		gw.wg.Add(1)
+		go func(l listener, ln net.Listener) {
+			defer gw.wg.Done()
+			log.Info("listening", "listener", l.name, "addr", ln.Addr().String())
+			if err := l.serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+				gw.failed <- fmt.Errorf("server.%s: %w", l.name, err)
+			}
+		}(l, ln)
+	}
+	gw.wg.Add(1)
+	go func() {
+		defer gw.wg.Done()
+		cm.Watch(ctx, 5*time.Second)
+	}()
+	return gw, nil
+}
+
+// shutdown stops accepting, says BYE to idle sessions, waits up to grace
+// for the others, then closes everything.
+func (gw *gateway) shutdown(grace time.Duration) {
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	var wg gosync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); gw.imap.Shutdown(ctx) }()
+	go func() { defer wg.Done(); gw.smtp.Shutdown(ctx) }()
+	wg.Wait()
+	gw.cancel()
+	gw.wg.Wait()
+}
