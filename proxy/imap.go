@@ -52,6 +52,9 @@ type IMAPServer struct {
 
 // NewIMAP returns an IMAP server; call Serve or ServeTLS to use it.
 func NewIMAP(opts Options) *IMAPServer {
+	if opts.Limiter == nil {
+		opts.Limiter = NewAuthLimiter()
+	}
 	s := &IMAPServer{opts: opts, sessions: make(map[*imapSession]struct{})}
 	s.srv = imapserver.New(&imapserver.Options{
 		NewSession: s.newSession,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	gosync "sync"
 	"time"
 
@@ -124,8 +125,14 @@ func (s *imapSession) Close() error {
 func (s *imapSession) Login(username, password string) error {
 	s.enter()
 	defer s.leave()
+	limiter, ip := s.srv.opts.Limiter, remoteIP(s.conn.NetConn())
+	if !limiter.Allowed(ip, username) {
+		s.log.Warn("login refused", "user", username, "reason", "too many failures")
+		return errThrottled
+	}
 	route := s.srv.opts.resolve(username)
 	if route == nil {
+		limiter.Failed(ip, username)
 		s.log.Info("login refused", "user", username, "reason", "unknown domain")
 		return imapserver.ErrAuthFailed
 	}
@@ -133,6 +140,7 @@ func (s *imapSession) Login(username, password string) error {
 	up, err := s.dialUpstream(route, username, password)
 	if err != nil {
 		if backend.IsAuthFailure(err) {
+			limiter.Failed(ip, username)
 			log.Info("login refused", "reason", "upstream refused", "err", err)
 			return imapserver.ErrAuthFailed
 		}
@@ -140,6 +148,7 @@ func (s *imapSession) Login(username, password string) error {
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
 			Text: "The mail provider is unreachable, please retry later"}
 	}
+	limiter.Succeeded(username)
 	s.route, s.password, s.up, s.log = route, password, up, log
 	log.Info("login")
 	return nil
@@ -587,6 +596,19 @@ func (s *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) er
 		}
 	}
 	return s.check(cmd.Close())
+}
+
+// errThrottled answers a login while too many have failed: the provider
+// is not asked, so a wrong password cannot lock the account there.
+var errThrottled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed,
+	Text: "Too many failed logins, try again in a few minutes"}
+
+func remoteIP(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
 }
 
 var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: "READ-ONLY",

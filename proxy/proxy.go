@@ -32,6 +32,9 @@ type Options struct {
 	TLS *tls.Config
 	// Log receives one logger per connection; nil discards.
 	Log *slog.Logger
+	// Limiter throttles failed logins; share one between the IMAP and
+	// SMTP servers. Nil: each server makes its own with NewAuthLimiter.
+	Limiter *AuthLimiter
 }
 
 func (o *Options) logger() *slog.Logger {
