@@ -24,7 +24,7 @@ package proxy
 //     path lets Data return a 250 SMTPError to pass the provider's own final
 //     reply text through.
 //   - smtp.ErrAuthRequired is 502 5.7.0; RFC 4954 section 6 says 530 5.7.0,
-//     so errAuthRequired below is our own.
+//     so errSMTPAuthRequired below is our own.
 //   - DATA is read with the read deadline set when the DATA line was read
 //     (readLine); nothing extends it. Data pushes it forward itself.
 //   - The server's DATA reader enforces MaxMessageBytes with
@@ -41,11 +41,11 @@ package proxy
 //     that (unexported) counter, read by reflection, before the final dot;
 //     if go-smtp drops the field, BDAT messages are refused, never
 //     truncated (TestSMTPBDAT fails then).
-//   - With BDAT, Data runs on its own
-//     goroutine reading a pipe, and RSET or a dropped client closes the pipe
-//     with smtp.ErrDataReset while Data may still run, then calls
-//     Session.Reset. Conn.Close calls Session.Logout under the connection's
-//     lock, also while Data runs. Hence the two locks of smtpSession.
+//   - With BDAT, Data runs on its own goroutine reading a pipe, and RSET or
+//     a dropped client closes the pipe with smtp.ErrDataReset while Data may
+//     still run, then calls Session.Reset. Conn.Close calls Session.Logout
+//     under the connection's lock, also while Data runs. Hence the two
+//     locks of smtpSession.
 //   - Server.Close after Server.Shutdown returns ErrServerClosed without
 //     closing anything; connections are therefore tracked here too.
 //   - Client: Mail adds BODY=8BITMIME whenever the upstream offers 8BITMIME,
@@ -58,6 +58,9 @@ package proxy
 //     sends the final dot: after a failed copy it must never be called.
 //   - Client commands carry their own deadlines (CommandTimeout 5 min), but
 //     the DATA body writes have none: a watchdog closes a stalled upstream.
+//   - Client.Reset makes the next command send EHLO again, and Extension
+//     answers false when that EHLO fails: "not offered" and "connection
+//     dead" look alike until another command is tried.
 
 import (
 	"context"
@@ -81,9 +84,9 @@ import (
 )
 
 const (
-	// defaultMaxMessageSize applies when Config.Server.MaxMessageSize is
+	// smtpDefaultMaxMessageSize applies when Config.Server.MaxMessageSize is
 	// zero (config documents 100 MiB as the default).
-	defaultMaxMessageSize = 100 << 20
+	smtpDefaultMaxMessageSize = 100 << 20
 	// smtpReadTimeout bounds the wait for a client command (RFC 5321
 	// section 4.5.3.2.7: server timeout 5 minutes) and, during DATA, the
 	// wait for each further piece of the message.
@@ -106,30 +109,33 @@ const (
 // Replies the gateway itself produces. Texts stay generic; the log has the
 // details (STYLE rule 4).
 var (
-	// errAuthRequired: MAIL before AUTH (RFC 4954 section 6).
-	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-	// errAuthFailed: unknown domain or credentials refused upstream.
-	errAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication failed"}
-	// errAuthTemporary: the provider could not be asked (RFC 4954 section 6).
-	errAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-	// errBadSASL: a malformed SASL exchange.
-	errBadSASL = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Invalid SASL response"}
-	// errTooBig: over the server's or the user's provider's size limit
+	// errSMTPAuthRequired: MAIL before AUTH (RFC 4954 section 6).
+	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	// errSMTPAuthFailed: unknown domain or credentials refused upstream.
+	errSMTPAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication failed"}
+	// errSMTPAuthTemporary: the provider could not be asked (RFC 4954 section 6).
+	errSMTPAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+	// errSMTPBadSASL: a malformed SASL exchange.
+	errSMTPBadSASL = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Invalid SASL response"}
+	// errSMTPTooBig: over the server's or the user's provider's size limit
 	// (RFC 1870 section 6.1: 552 after SIZE= or after the data).
-	errTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Max message size exceeded"}
-	// errUpstream: the provider connection broke; nothing was delivered.
-	errUpstream = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mail provider lost, try again later"}
-	// errUpstreamUnavailable: the provider could not be reached for a new
+	errSMTPTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Max message size exceeded"}
+	// errSMTPUpstream: the provider connection broke; nothing was delivered.
+	errSMTPUpstream = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mail provider lost, try again later"}
+	// errSMTPUpstreamUnavailable: the provider could not be reached for a new
 	// transaction.
-	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mail provider unavailable, try again later"}
-	// errDataAborted: the client's data stream failed; nothing was sent on.
-	errDataAborted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message transfer aborted, nothing was delivered"}
-	// errNo8BitMIME and errNoSMTPUTF8: the client asked for an extension the
+	errSMTPUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Mail provider unavailable, try again later"}
+	// errSMTPDataAborted: the client's data stream failed; nothing was sent on.
+	errSMTPDataAborted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message transfer aborted, nothing was delivered"}
+	// errSMTPNo8BitMIME and errSMTPNoSMTPUTF8: the client asked for an extension the
 	// provider does not offer; pecgate never converts a message (invariant 5).
-	errNo8BitMIME = &smtp.SMTPError{Code: 555, EnhancedCode: smtp.EnhancedCode{5, 6, 3}, Message: "The mail provider does not accept 8-bit messages"}
-	errNoSMTPUTF8 = &smtp.SMTPError{Code: 555, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "The mail provider does not support SMTPUTF8"}
-	// errShuttingDown: a command arrived while the gateway stops.
-	errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
+	errSMTPNo8BitMIME = &smtp.SMTPError{Code: 555, EnhancedCode: smtp.EnhancedCode{5, 6, 3}, Message: "The mail provider does not accept 8-bit messages"}
+	errSMTPNoSMTPUTF8 = &smtp.SMTPError{Code: 555, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "The mail provider does not support SMTPUTF8"}
+	// errSMTPThrottled: too many failed logins from this IP or for this
+	// account; the provider is not asked (no lock-outs there).
+	errSMTPThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed logins, try again in a few minutes"}
+	// errSMTPShuttingDown: a command arrived while the gateway stops.
+	errSMTPShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
 )
 
 // SMTPServer is the client-facing submission server. One SMTPServer serves
@@ -163,10 +169,13 @@ func NewSMTP(opts Options) *SMTPServer {
 		opts:         opts,
 		log:          opts.logger().With("proto", "smtp"),
 		hostname:     "localhost",
-		maxBytes:     defaultMaxMessageSize,
+		maxBytes:     smtpDefaultMaxMessageSize,
 		dataTimeout:  smtpDataTimeout,
 		upstreamIdle: smtpUpstreamIdle,
 		conns:        make(map[*smtpConn]struct{}),
+	}
+	if s.opts.Limiter == nil {
+		s.opts.Limiter = NewAuthLimiter()
 	}
 	if opts.Config != nil {
 		if h := opts.Config.Server.Hostname; h != "" {
@@ -378,8 +387,8 @@ func (c *smtpConn) Close() error {
 	return err
 }
 
-// rawConn finds our smtpConn under a go-smtp connection.
-func rawConn(nc net.Conn) *smtpConn {
+// smtpRawConn finds our smtpConn under a go-smtp connection.
+func smtpRawConn(nc net.Conn) *smtpConn {
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc = tc.NetConn()
 	}
@@ -390,11 +399,11 @@ func rawConn(nc net.Conn) *smtpConn {
 // newSession is go-smtp's Backend: called at EHLO/HELO.
 func (s *SMTPServer) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if s.isClosed() {
-		return nil, errShuttingDown
+		return nil, errSMTPShuttingDown
 	}
 	_, isTLS := c.TLSConnectionState()
 	id, listener := "", ""
-	raw := rawConn(c.Conn())
+	raw := smtpRawConn(c.Conn())
 	if raw != nil {
 		id, listener = raw.id, raw.listener
 	} else {
@@ -434,21 +443,21 @@ type smtpSession struct {
 	closed   bool
 	route    *Route
 	username string
-	password secret // kept to re-dial an upstream that died
-	limit    int64  // per-user message size limit
+	password smtpSecret // kept to re-dial an upstream that died
+	limit    int64      // per-user message size limit
 	up       *smtp.Client
 	inTx     bool // the upstream has a MAIL transaction open
 }
 
 var _ smtp.AuthSession = (*smtpSession)(nil)
 
-// secret is a password that formats as *** everywhere (fmt, slog).
-type secret string
+// smtpSecret is a password that formats as *** everywhere (fmt, slog).
+type smtpSecret string
 
-func (secret) String() string             { return "***" }
-func (secret) Format(f fmt.State, _ rune) { io.WriteString(f, "***") }
-func (secret) LogValue() slog.Value       { return slog.StringValue("***") }
-func (s secret) reveal() string           { return string(s) }
+func (smtpSecret) String() string             { return "***" }
+func (smtpSecret) Format(f fmt.State, _ rune) { io.WriteString(f, "***") }
+func (smtpSecret) LogValue() slog.Value       { return slog.StringValue("***") }
+func (s smtpSecret) reveal() string           { return string(s) }
 
 // AuthMechanisms implements smtp.AuthSession. go-smtp advertises them only
 // on TLS.
@@ -460,17 +469,18 @@ func (s *smtpSession) AuthMechanisms() []string {
 func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return saslErrors{sasl.NewPlainServer(func(identity, username, password string) error {
+		return smtpSASLErrors{sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				// Passthrough cannot carry an authorization identity
 				// (RFC 4616 section 2): no acting as somebody else.
 				s.log.Warn("smtp auth refused", "reason", "authorization identity differs", "user", username, "authzid", identity)
-				return errAuthFailed
+				s.srv.opts.Limiter.Failed(s.remoteIP(), username)
+				return errSMTPAuthFailed
 			}
 			return s.login(username, password)
 		})}, nil
 	case sasl.Login:
-		return saslErrors{&loginServer{authenticate: s.login}}, nil
+		return smtpSASLErrors{&smtpLoginServer{authenticate: s.login}}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
@@ -479,23 +489,31 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 // submission endpoint with the client's own credentials (passthrough) and
 // keeps that upstream connection for the session.
 func (s *smtpSession) login(username, password string) error {
+	limiter, ip := s.srv.opts.Limiter, s.remoteIP()
+	if !limiter.Allowed(ip, username) {
+		s.log.Warn("smtp auth refused", "reason", "too many failures", "user", username)
+		return errSMTPThrottled
+	}
 	route := s.srv.opts.resolve(username)
 	if route == nil {
 		// Invariant 7: an unknown domain dials nothing.
+		limiter.Failed(ip, username)
 		s.log.Warn("smtp auth refused", "reason", "domain not served", "user", username)
-		return errAuthFailed
+		return errSMTPAuthFailed
 	}
 	log := s.log.With("user", username, "provider", route.Provider.Name)
 	up, err := route.Provider.LoginSMTP(s.ctx, s.srv.hostname, username, password)
 	if err != nil {
 		if backend.IsAuthFailure(err) {
 			// err carries the provider's text; the client gets ours.
+			limiter.Failed(ip, username)
 			log.Warn("smtp auth refused", "reason", "provider refused", "err", err)
-			return errAuthFailed
+			return errSMTPAuthFailed
 		}
 		log.Warn("smtp auth failed", "reason", "provider unavailable", "err", err)
-		return errAuthTemporary
+		return errSMTPAuthTemporary
 	}
+	limiter.Succeeded(username)
 	limit := s.srv.maxBytes
 	if m := route.Provider.Config().MaxMessageSize; m > 0 && m < limit {
 		limit = m
@@ -507,11 +525,11 @@ func (s *smtpSession) login(username, password string) error {
 	if s.closed {
 		s.mu.Unlock()
 		up.Close()
-		return errShuttingDown
+		return errSMTPShuttingDown
 	}
 	s.route = route
 	s.username = username
-	s.password = secret(password)
+	s.password = smtpSecret(password)
 	s.limit = limit
 	s.up = up
 	s.log = log
@@ -520,13 +538,22 @@ func (s *smtpSession) login(username, password string) error {
 	return nil
 }
 
+// remoteIP is the client's IP address, the limiter's key.
+func (s *smtpSession) remoteIP() string {
+	addr := s.conn.Conn().RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
 // upstream returns the session's upstream client, dialling and logging in
 // again when the previous one died. Called with ioMu held.
 func (s *smtpSession) upstream() (*smtp.Client, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, errShuttingDown
+		return nil, errSMTPShuttingDown
 	}
 	up, route, user, pass := s.up, s.route, s.username, s.password
 	s.mu.Unlock()
@@ -536,13 +563,13 @@ func (s *smtpSession) upstream() (*smtp.Client, error) {
 	up, err := route.Provider.LoginSMTP(s.ctx, s.srv.hostname, user, pass.reveal())
 	if err != nil {
 		s.log.Warn("smtp upstream redial failed", "err", err)
-		return nil, errUpstreamUnavailable
+		return nil, errSMTPUpstreamUnavailable
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		up.Close()
-		return nil, errShuttingDown
+		return nil, errSMTPShuttingDown
 	}
 	s.up = up
 	s.log.Info("smtp upstream redialled")
@@ -569,7 +596,7 @@ func (s *smtpSession) drop(up *smtp.Client) {
 }
 
 // upstreamError turns an upstream failure into the client's reply: the
-// provider's own reply unchanged, or errUpstream when the connection broke.
+// provider's own reply unchanged, or errSMTPUpstream when the connection broke.
 func (s *smtpSession) upstreamError(up *smtp.Client, op string, err error) error {
 	if se, ok := err.(*smtp.SMTPError); ok {
 		s.log.Info("smtp upstream refused", "op", op, "code", se.Code,
@@ -581,7 +608,7 @@ func (s *smtpSession) upstreamError(up *smtp.Client, op string, err error) error
 	}
 	s.log.Warn("smtp upstream failed", "op", op, "err", err)
 	s.drop(up)
-	return errUpstream
+	return errSMTPUpstream
 }
 
 // Mail implements smtp.Session.
@@ -592,14 +619,14 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	authed, limit := s.route != nil, s.limit
 	s.mu.Unlock()
 	if !authed {
-		return errAuthRequired
+		return errSMTPAuthRequired
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
 	}
 	if opts.Size > limit {
 		// go-smtp checked the server-wide limit; this is the provider's.
-		return errTooBig
+		return errSMTPTooBig
 	}
 	for attempt := 0; ; attempt++ {
 		up, err := s.upstream()
@@ -622,7 +649,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 			s.drop(up)
 			continue
 		}
-		if se == errNo8BitMIME || se == errNoSMTPUTF8 {
+		if se == errSMTPNo8BitMIME || se == errSMTPNoSMTPUTF8 {
 			return se
 		}
 		return s.upstreamError(up, "mail", err)
@@ -636,9 +663,9 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 func (s *smtpSession) mail(up *smtp.Client, from string, opts *smtp.MailOptions) error {
 	var missing *smtp.SMTPError
 	if ok, _ := up.Extension("8BITMIME"); !ok && opts.Body == smtp.Body8BitMIME {
-		missing = errNo8BitMIME
+		missing = errSMTPNo8BitMIME
 	} else if ok, _ := up.Extension("SMTPUTF8"); !ok && opts.UTF8 {
-		missing = errNoSMTPUTF8
+		missing = errSMTPNoSMTPUTF8
 	}
 	if missing != nil {
 		// Extension also says false when the EHLO it may send (after a
@@ -658,7 +685,7 @@ func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	defer s.ioMu.Unlock()
 	up := s.current()
 	if up == nil {
-		return errUpstream
+		return errSMTPUpstream
 	}
 	if err := up.Rcpt(to, opts); err != nil {
 		return s.upstreamError(up, "rcpt", err)
@@ -677,17 +704,17 @@ func (s *smtpSession) Data(r io.Reader) error {
 	up, limit, authed := s.up, s.limit, s.route != nil
 	s.mu.Unlock()
 	if !authed {
-		return errAuthRequired
+		return errSMTPAuthRequired
 	}
 	if up == nil {
-		return errUpstream
+		return errSMTPUpstream
 	}
 	w, err := up.Data()
 	if err != nil {
 		return s.upstreamError(up, "data", err)
 	}
 
-	src := &dataSource{r: r, limit: limit}
+	src := &smtpDataSource{r: r, limit: limit}
 	_, isBDAT := r.(*io.PipeReader) // DATA gives go-smtp's dataReader
 	if nc := s.conn.Conn(); nc != nil {
 		// go-smtp set the read deadline once, at the DATA line: push it
@@ -701,7 +728,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 			nc.SetReadDeadline(d)
 		}
 	}
-	dst := &watchWriter{w: w, idle: s.srv.upstreamIdle}
+	dst := &smtpWatchWriter{w: w, idle: s.srv.upstreamIdle}
 	dst.timer = time.AfterFunc(dst.idle, func() {
 		s.log.Warn("smtp upstream stalled during data")
 		up.Close()
@@ -713,15 +740,15 @@ func (s *smtpSession) Data(r io.Reader) error {
 		// truncated message. Closing the connection aborts the DATA.
 		s.drop(up)
 		switch {
-		case src.err == errTooBig || src.err == smtp.ErrDataTooLarge:
+		case src.err == errSMTPTooBig || src.err == smtp.ErrDataTooLarge:
 			s.log.Info("smtp message refused", "reason", "too big", "limit", limit, "read", n)
-			return errTooBig
+			return errSMTPTooBig
 		case src.err != nil:
 			s.log.Warn("smtp data aborted", "reason", "client", "err", src.err, "read", n)
-			return errDataAborted
+			return errSMTPDataAborted
 		default:
 			s.log.Warn("smtp data aborted", "reason", "upstream", "err", err, "read", n)
-			return errUpstream
+			return errSMTPUpstream
 		}
 	}
 	if isBDAT {
@@ -730,7 +757,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		if declared, ok := bdatDeclared(s.conn); !ok || declared != n {
 			s.drop(up)
 			s.log.Warn("smtp data aborted", "reason", "bdat chunk cut short", "read", n, "declared", declared, "known", ok)
-			return errDataAborted
+			return errSMTPDataAborted
 		}
 	}
 	resp, err := w.CloseWithResponse()
@@ -741,7 +768,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		return s.upstreamError(up, "data end", err)
 	}
 	s.log.Info("smtp message relayed", "size", n, "reply", resp.StatusText)
-	return okReply(resp.StatusText)
+	return smtpOKReply(resp.StatusText)
 }
 
 // bdatDeclared returns the sum of the BDAT chunk sizes go-smtp has taken in
@@ -756,9 +783,9 @@ func bdatDeclared(c *smtp.Conn) (n int64, ok bool) {
 	return v.Int(), true
 }
 
-// okReply passes the provider's final 250 reply through unchanged: go-smtp
+// smtpOKReply passes the provider's final 250 reply through unchanged: go-smtp
 // writes an *SMTPError returned by Data as is, whatever its code.
-func okReply(text string) error {
+func smtpOKReply(text string) error {
 	e := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCodeNotSet, Message: text}
 	// As go-smtp's client does for errors (toSMTPErr): a leading x.y.z is
 	// the enhanced code, repeated at the start of each further line.
@@ -849,9 +876,9 @@ func (s *smtpSession) abort() {
 	}
 }
 
-// dataSource reads the client's message, enforcing the per-user limit and
+// smtpDataSource reads the client's message, enforcing the per-user limit and
 // remembering the first read error (to tell it from an upstream error).
-type dataSource struct {
+type smtpDataSource struct {
 	r      io.Reader
 	limit  int64 // 0: none
 	n      int64
@@ -859,7 +886,7 @@ type dataSource struct {
 	extend func()
 }
 
-func (d *dataSource) Read(p []byte) (int, error) {
+func (d *smtpDataSource) Read(p []byte) (int, error) {
 	if d.err != nil {
 		return 0, d.err
 	}
@@ -869,7 +896,7 @@ func (d *dataSource) Read(p []byte) (int, error) {
 	n, err := d.r.Read(p)
 	d.n += int64(n)
 	if d.limit > 0 && d.n > d.limit {
-		d.err = errTooBig
+		d.err = errSMTPTooBig
 		return 0, d.err
 	}
 	if err != nil && err != io.EOF {
@@ -878,30 +905,30 @@ func (d *dataSource) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// watchWriter re-arms the upstream watchdog after every write.
-type watchWriter struct {
+// smtpWatchWriter re-arms the upstream watchdog after every write.
+type smtpWatchWriter struct {
 	w     io.Writer
 	idle  time.Duration
 	timer *time.Timer
 }
 
-func (w *watchWriter) Write(p []byte) (int, error) {
+func (w *smtpWatchWriter) Write(p []byte) (int, error) {
 	w.timer.Reset(w.idle)
 	return w.w.Write(p)
 }
 
-// loginServer is the server side of the LOGIN SASL mechanism
+// smtpLoginServer is the server side of the LOGIN SASL mechanism
 // (draft-murchison-sasl-login-00), which go-sasl offers only as a client.
 // The client may send the username as an initial response (go-sasl's
 // client and Thunderbird do); the challenges are the customary "Username:"
 // and "Password:" (go-sasl's client insists on the latter).
-type loginServer struct {
+type smtpLoginServer struct {
 	authenticate func(username, password string) error
 	step         int
 	username     string
 }
 
-func (a *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
+func (a *smtpLoginServer) Next(response []byte) (challenge []byte, done bool, err error) {
 	switch a.step {
 	case 0:
 		if response == nil {
@@ -922,15 +949,15 @@ func (a *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 	return nil, false, sasl.ErrUnexpectedClientResponse
 }
 
-// saslErrors makes every SASL failure an *smtp.SMTPError, so that go-sasl's
+// smtpSASLErrors makes every SASL failure an *smtp.SMTPError, so that go-sasl's
 // plain error texts never reach the client.
-type saslErrors struct{ sasl.Server }
+type smtpSASLErrors struct{ sasl.Server }
 
-func (s saslErrors) Next(response []byte) ([]byte, bool, error) {
+func (s smtpSASLErrors) Next(response []byte) ([]byte, bool, error) {
 	c, done, err := s.Server.Next(response)
 	if err != nil {
 		if _, ok := err.(*smtp.SMTPError); !ok {
-			err = errBadSASL
+			err = errSMTPBadSASL
 		}
 	}
 	return c, done, err

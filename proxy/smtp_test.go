@@ -285,7 +285,7 @@ func (s *smtpUpSession) Auth(mech string) (sasl.Server, error) {
 
 func (s *smtpUpSession) Mail(from string, opts *smtp.MailOptions) error {
 	if s.user == "" {
-		return errAuthRequired
+		return errSMTPAuthRequired
 	}
 	if s.mails++; s.mails == 2 && s.u.opts.idle421 {
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "smtp.provider.test Error: timeout exceeded"}
@@ -351,6 +351,7 @@ type smtpGWOptions struct {
 	serverMax   int64  // Config.Server.MaxMessageSize; 0: 8 MiB
 	providerMax int64  // the provider's MaxMessageSize
 	smtpURL     string // the provider's SMTP endpoint; "": the fake provider
+	limiter     *AuthLimiter
 }
 
 type smtpGateway struct {
@@ -422,7 +423,7 @@ func startSMTPGateway(t *testing.T, tt *smtpTestTLS, up *smtpFakeProvider, o smt
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveSMTPGateway(t, Options{Config: cfg, Backends: set, TLS: tt.server, Log: log}, logs)
+	return serveSMTPGateway(t, Options{Config: cfg, Backends: set, TLS: tt.server, Log: log, Limiter: o.limiter}, logs)
 }
 
 // serveSMTPGateway serves opts on two loopback listeners until the test
@@ -459,9 +460,9 @@ func serveSMTPGateway(t *testing.T, opts Options, logs *smtpLogBuffer, extra ...
 		// Never a password in the log, in clear or inside a SASL blob.
 		all := g.logs.String()
 		for _, pw := range append([]string{smtpTestPass}, extra...) {
-			for _, secret := range []string{pw, base64.StdEncoding.EncodeToString([]byte(pw))} {
-				if strings.Contains(all, secret) {
-					t.Errorf("the log contains a password (%q)", secret)
+			for _, leak := range []string{pw, base64.StdEncoding.EncodeToString([]byte(pw))} {
+				if strings.Contains(all, leak) {
+					t.Errorf("the log contains a password (%q)", leak)
 				}
 			}
 		}
@@ -843,6 +844,13 @@ func TestSMTPTranscripts(t *testing.T) {
 			{"AUTH PLAIN " + smtpPlainIR("", smtpTestUser, smtpTestPass), "523 5.7.10 TLS is required"},
 			{"MAIL FROM:<" + smtpTestUser + ">", "530 5.7.0 Authentication required"},
 		}},
+		{name: "throttled after failures: the provider is not asked", gw: smtpGWOptions{limiter: &AuthLimiter{
+			PerIP: 10, PerUser: 2, Window: time.Hour, now: time.Now, fails: map[string][]time.Time{}}}, steps: []step{
+			{"EHLO client.test", smtpEHLOTLS},
+			{"AUTH PLAIN " + smtpPlainIR("", smtpTestUser, "wrong1"), authFailed},
+			{"AUTH PLAIN " + smtpPlainIR("", "Giulia.Verdi@pec.vecchio.test", "wrong2"), authFailed},
+			{"AUTH PLAIN " + smtpPlainIR("", smtpTestUser, smtpTestPass), "454 4.7.0 Too many failed logins, try again in a few minutes"},
+		}, wantDials: 2},
 		{name: "LOGIN with initial response", steps: []step{
 			{"EHLO client.test", smtpEHLOTLS},
 			{"AUTH LOGIN " + smtpB64(smtpTestUser), "334 " + smtpB64("Password:")},
@@ -1217,20 +1225,20 @@ func TestSMTPOkReply(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.text, func(t *testing.T) {
-			got := okReply(tc.text).(*smtp.SMTPError)
+			got := smtpOKReply(tc.text).(*smtp.SMTPError)
 			if *got != tc.want {
-				t.Errorf("okReply(%q) = %+v, want %+v", tc.text, *got, tc.want)
+				t.Errorf("smtpOKReply(%q) = %+v, want %+v", tc.text, *got, tc.want)
 			}
 		})
 	}
 }
 
 func TestSMTPSecretNeverPrints(t *testing.T) {
-	s := secret(smtpTestPass)
+	s := smtpSecret(smtpTestPass)
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	log.Info("x", "pw", s)
-	out := buf.String() + fmt.Sprint(s) + fmt.Sprintf("%s %v %+v %#v %q %x", s, s, s, s, s, s) + fmt.Sprint(struct{ P secret }{s})
+	out := buf.String() + fmt.Sprint(s) + fmt.Sprintf("%s %v %+v %#v %q %x", s, s, s, s, s, s) + fmt.Sprint(struct{ P smtpSecret }{s})
 	if strings.Contains(out, smtpTestPass) || strings.Contains(out, hex.EncodeToString([]byte(smtpTestPass))) {
 		t.Fatalf("secret printed: %s", out)
 	}
