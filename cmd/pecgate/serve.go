@@ -108,7 +108,8 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	if err != nil {
 		return nil, err
 	}
-	opts := proxy.Options{Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log}
+	// One limiter: a password guessed over SMTP counts against IMAP too.
+	opts := proxy.Options{Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log, Limiter: proxy.NewAuthLimiter()}
 	ctx, cancel := context.WithCancel(ctx)
 	gw := &gateway{
 		log: log, certs: cm, cancel: cancel,
