@@ -27,7 +27,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE] [-log-format json|text]", "run the gateway", runServe},
-		{"demo", "demo [-dir DIR]", "run old and new demo providers, the gateway and its pages on localhost", runDemo},
+		{"demo", "demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
 		{"route", "route [-config FILE] DOMAIN|USER old|migrating|new [-force]", "change a migration state", notYet("route", 3)},
 		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", notYet("status", 4)},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
