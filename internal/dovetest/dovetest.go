@@ -152,6 +152,10 @@ type Server struct {
 	Greeting string
 	// ConfigPath, LogPath and LMTPSocket locate Dovecot's config, its log
 	// and its LMTP unix socket (for go-smtp's NewClientLMTP).
+	//
+	// Dovecot: LMTP delivery prepends Return-Path, Delivered-To and a
+	// Received header, so it is not byte-identical; Deliver and the
+	// submission endpoint use doveadm save, which is.
 	ConfigPath, LogPath, LMTPSocket string
 
 	pki                    *testPKI
@@ -268,6 +272,7 @@ func Start(t testing.TB, opts Options) *Server {
 	if s.SpecialUse == nil {
 		s.SpecialUse = DefaultSpecialUse
 	}
+	s.SpecialUse = maps.Clone(s.SpecialUse)
 	maxConns := opts.MaxUserIPConnections
 	if maxConns <= 0 {
 		maxConns = 100
@@ -358,7 +363,9 @@ func (s *Server) setup(maxConns int) error {
 	var users, masters strings.Builder
 	for _, u := range s.Users {
 		// passwd-file fields: user:password:uid:gid:gecos:home:shell:extra.
-		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::\n", u.Address, u.Password, s.mail.uid, s.mail.gid, s.home(u.Address))
+		// Dovecot: auth_username_format defaults to %Lu, so logins are
+		// lower-cased before the lookup: the file holds lower case.
+		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::\n", strings.ToLower(u.Address), u.Password, s.mail.uid, s.mail.gid, s.home(u.Address))
 	}
 	fmt.Fprintf(&masters, "%s:{PLAIN}%s\n", s.MasterUser, s.MasterPassword)
 
@@ -425,15 +432,16 @@ func (s *Server) start(first bool) error {
 		if err != nil {
 			return err
 		}
-		if err = s.waitReady(p); err == nil {
+		if err = s.waitReady(p, outStart); err == nil {
 			s.proc = p
 			break
 		}
-		p.stop()
+		p.kill() // it failed to start: nothing to shut down gracefully
 		lastErr = err
-		// Dovecot: a taken port makes the master exit at once with
-		// "Fatal: bind(127.0.0.1, PORT) failed: Address already in use",
-		// written to dovecot.out (stderr) because the log process is not up.
+		// Dovecot: a taken port makes the master write "Error:
+		// service(imap-login): listen(127.0.0.1, PORT) failed: Address
+		// already in use" and "Fatal: Failed to start listeners" to stderr
+		// and its log, then take ~2 s to exit (waitReady does not wait).
 		news := readFrom(s.LogPath, logStart) + readFrom(filepath.Join(s.Dir, "dovecot.out"), outStart)
 		if !first || !strings.Contains(news, "Address already in use") {
 			return err
@@ -798,18 +806,30 @@ func (p *process) kill() {
 }
 
 // waitReady polls the IMAPS port until it greets with this instance's
-// greeting, the master exits, or readyTimeout passes.
-func (s *Server) waitReady(p *process) error {
+// greeting, the master exits or writes a Fatal line to dovecot.out past
+// outStart, or readyTimeout passes.
+func (s *Server) waitReady(p *process, outStart int64) error {
 	deadline := time.Now().Add(readyTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	// A probe can hang on a port someone else holds (a taken port is what
+	// makes Dovecot fail), so its timeout starts short and doubles.
+	timeout := 200 * time.Millisecond
 	for {
-		err := s.probe(deadline)
+		probeDeadline := time.Now().Add(timeout)
+		if probeDeadline.After(deadline) {
+			probeDeadline = deadline
+		}
+		err := s.probe(probeDeadline)
 		if err == nil {
 			return nil
 		}
+		timeout = min(2*timeout, 5*time.Second)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("no greeting on %s within %v: %w", s.IMAPSAddr, readyTimeout, err)
+		}
+		if out := readFrom(filepath.Join(s.Dir, "dovecot.out"), outStart); strings.Contains(out, "Fatal: ") {
+			return fmt.Errorf("dovecot failed to start: %s", strings.TrimSpace(out))
 		}
 		select {
 		case <-p.exited:
@@ -826,7 +846,7 @@ func (s *Server) waitReady(p *process) error {
 // greeting, so the probe waits for the configured login_greeting. That also
 // proves the port is this instance's and that auth is up.
 func (s *Server) probe(deadline time.Time) error {
-	d := net.Dialer{Timeout: time.Second, Deadline: deadline}
+	d := net.Dialer{Deadline: deadline}
 	conn, err := tls.DialWithDialer(&d, "tcp", s.IMAPSAddr, s.TLSConfig())
 	if err != nil {
 		return err
@@ -855,7 +875,7 @@ const (
 // freePorts returns a port for each host, free at the time of the call.
 // Dovecot cannot listen on port 0, so the ports are picked here and may be
 // taken by someone else before Dovecot binds them: start retries then.
-func freePorts(hosts ...string) ([]int, error) {
+var freePorts = func(hosts ...string) ([]int, error) {
 	var ports []int
 	for _, h := range hosts {
 		l, err := net.Listen("tcp", net.JoinHostPort(h, "0"))

@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -37,6 +38,51 @@ func TestEncodeMUTF7(t *testing.T) {
 	} {
 		if got := encodeMUTF7(tc.in); got != tc.want {
 			t.Errorf("encodeMUTF7(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// recordingTB stops like testing.T on Skip and Fatal and records which.
+type recordingTB struct {
+	testing.TB
+	skipped, failed bool
+	msg             string
+}
+
+func (r *recordingTB) Helper() {}
+func (r *recordingTB) Skip(args ...any) {
+	r.skipped, r.msg = true, fmt.Sprint(args...)
+	runtime.Goexit()
+}
+func (r *recordingTB) Fatalf(format string, args ...any) {
+	r.failed, r.msg = true, fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func TestRequire(t *testing.T) {
+	real := binaries
+	t.Cleanup(func() { binaries = real })
+	binaries = func() ([2]string, error) { return [2]string{}, errors.New("dovecot not found") }
+	for _, tc := range []struct {
+		ci            string
+		skip, fail    bool
+		msgContaining string
+	}{
+		{"", true, false, "apt-get install dovecot-imapd dovecot-lmtpd"},
+		{"false", true, false, "apt-get install"},
+		{"true", false, true, "CI=true"},
+	} {
+		t.Setenv("CI", tc.ci)
+		r := &recordingTB{TB: t}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			Require(r)
+		}()
+		<-done
+		if r.skipped != tc.skip || r.failed != tc.fail || !strings.Contains(r.msg, tc.msgContaining) {
+			t.Errorf("CI=%q: skipped %v failed %v %q; want skipped %v failed %v, message with %q",
+				tc.ci, r.skipped, r.failed, r.msg, tc.skip, tc.fail, tc.msgContaining)
 		}
 	}
 }
@@ -88,7 +134,41 @@ func TestPair(t *testing.T) {
 	t.Run("master", func(t *testing.T) { testMaster(t, old) })
 	t.Run("special-use", func(t *testing.T) { testSpecialUse(t, new) })
 	t.Run("deliver", func(t *testing.T) { testDeliver(t, old) })
+	t.Run("lmtp", func(t *testing.T) { testLMTP(t, new) })
 	t.Run("submission", func(t *testing.T) { testSubmission(t, old, new) })
+}
+
+// TestStartRetriesTakenPort hands Start a port someone else holds: the
+// master exits with "Address already in use" and Start tries new ports.
+func TestStartRetriesTakenPort(t *testing.T) {
+	held, err := net.Listen("tcp", imapsHost+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldPort := held.Addr().(*net.TCPAddr).Port
+	real := freePorts
+	t.Cleanup(func() { freePorts = real })
+	calls := 0
+	freePorts = func(hosts ...string) ([]int, error) {
+		calls++
+		ports, err := real(hosts...)
+		if calls == 1 && err == nil {
+			ports[1] = heldPort // the IMAPS port
+		}
+		return ports, err
+	}
+	s := Start(t, Options{Name: "retry", Users: []User{{Address: "ivo@pec.vecchio.test"}}})
+	if calls < 2 {
+		t.Fatalf("freePorts called %d times, want a retry", calls)
+	}
+	if s.IMAPSAddr == held.Addr().String() {
+		t.Fatalf("IMAPSAddr %s is the held port", s.IMAPSAddr)
+	}
+	if !strings.Contains(tailFile(filepath.Join(s.Dir, "dovecot.out"), 20), "Address already in use") {
+		t.Error("dovecot.out does not show the failed bind")
+	}
+	s.Dial(t, "ivo@pec.vecchio.test")
 }
 
 func testLogin(t *testing.T, old, new *Server) {
@@ -328,6 +408,41 @@ func testDeliver(t *testing.T, s *Server) {
 			t.Errorf("no file in %s holds the bytes of %s", s.MaildirPath(carol), f.File)
 		}
 	}
+}
+
+// testLMTP delivers through Dovecot's LMTP socket, as an MTA would.
+func testLMTP(t *testing.T, s *Server) {
+	const bob = "bob@pec.vecchio.test"
+	conn, err := net.Dial("unix", s.LMTPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello("localhost"); err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("Subject: via LMTP\r\nMessage-ID: <lmtp@test>\r\n\r\nhello\r\n")
+	if err := c.SendMail("sender@elsewhere.test", []string{bob}, bytes.NewReader(msg)); err != nil {
+		t.Fatalf("LMTP: %v", err)
+	}
+	c.Quit()
+	cl := s.Dial(t, bob)
+	if _, err := cl.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cl.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("fetch: %v, %d messages", err, len(got))
+	}
+	body := got[0].BodySection[0].Bytes
+	if !bytes.HasSuffix(body, msg) {
+		t.Fatalf("LMTP-delivered message does not end with the bytes sent:\n%s", body)
+	}
+	// Dovecot: LMTP prepends Return-Path, Delivered-To and Received, so it
+	// is not byte-identical; Deliver and the submission endpoint use
+	// doveadm save.
+	t.Logf("LMTP added %q", body[:len(body)-len(msg)])
 }
 
 // TestSeedMaildir seeds ~2,000 PEC messages into INBOX, "Posta inviata"
@@ -795,6 +910,24 @@ func TestKillRestartStop(t *testing.T) {
 		}
 	}
 	s.Stop() // idempotent
+}
+
+// TestKillRightAfterStart guards against a stop racing the submission
+// endpoint's Serve goroutines, which once made Kill hang.
+func TestKillRightAfterStart(t *testing.T) {
+	for range 5 {
+		s := Start(t, Options{Name: "quick"})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.Kill()
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("Kill right after Start did not return within 20 s")
+		}
+	}
 }
 
 func TestQuota(t *testing.T) {

@@ -48,10 +48,14 @@ type SeedMessage struct {
 // create "Pratiche.Città & co"` makes exactly ".Pratiche.Citt&AOA- &- co"
 // and no ".Pratiche".
 //
-// Measured on 2 cores (Dovecot 2.3.19, ext4-backed /tmp), ~10 KiB PEC
-// messages with flags and keywords: 5,000 messages in 3 folders take about
-// 0.6 s (files ~0.25 s, force-resync ~0.35 s); BenchmarkSeedMaildir5000
-// measures it. APPEND over IMAP, for comparison, runs at 230-630 msg/s
+// Measured on 2 cores (Dovecot 2.3.19), 5,000 PEC fixture variants of
+// ~10 KiB in 3 folders (BenchmarkSeedMaildir5000): 0.32 s with TMPDIR on
+// tmpfs: writing the files ~0.26 s, force-resync ~30 ms, subscribe ~25
+// ms. On the ext4 /tmp of the VM where this was written the
+// same took 2.2-4.8 s, because creating a file cost ~0.5 ms there whoever
+// did it (a bare os.WriteFile loop of 5,000 files took 3-4 s, and writing
+// from 8 goroutines did not help): set TMPDIR=/dev/shm if seeding is slow.
+// APPEND over IMAP, for comparison, runs at 230-630 msg/s
 // (GOIMAP-NOTES.md).
 //
 // It must not run while IMAP sessions change keywords in the same

@@ -49,8 +49,9 @@ func rejectRecipient(addr string) *smtp.SMTPError {
 // submission is one run of the endpoint: a go-smtp server on two
 // listeners.
 type submission struct {
-	srv   *smtp.Server
-	serve sync.WaitGroup // the two Serve loops
+	srv       *smtp.Server
+	listeners []net.Listener
+	serve     sync.WaitGroup // the two Serve loops
 
 	mu       sync.Mutex
 	closed   bool
@@ -100,6 +101,7 @@ func (s *Server) startSubmission() error {
 		return fmt.Errorf("submission: %w", err)
 	}
 	s.SubmissionAddr, s.SubmissionStartTLSAddr = tl.Addr().String(), pl.Addr().String()
+	sub.listeners = []net.Listener{tl, pl}
 	for _, l := range []net.Listener{tls.NewListener(tl, tlsConfig), pl} {
 		sub.serve.Add(1)
 		go func() {
@@ -121,6 +123,13 @@ func (s *Server) stopSubmission() {
 	}
 	s.sub = nil
 	sub.srv.Close()
+	// go-smtp's Close only closes the listeners Serve has registered; a
+	// Serve goroutine that has not got that far yet would accept forever
+	// (seen with Kill right after Start). Closing them here ends it too:
+	// Serve returns once Accept fails after Close.
+	for _, l := range sub.listeners {
+		l.Close()
+	}
 	sub.mu.Lock()
 	sub.closed = true
 	sub.mu.Unlock()
