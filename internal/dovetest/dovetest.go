@@ -25,15 +25,17 @@
 //   - Dovecot runs in the foreground (dovecot -F) as our child, in a
 //     process group of its own, so the test owns every process it starts and
 //     Kill can end them all at once.
-//   - Bytes are stored exactly: mail_save_crlf = yes keeps CRLF messages
-//     byte for byte on disk (Dovecot's default, no, would strip the CRs and
-//     add them back when serving). A bare LF is stored as CRLF, which is what
-//     IMAP serves anyway.
+//   - Bytes are stored exactly. Dovecot: with its default mail_save_crlf =
+//     no, a saved "a\r\nb\r\n" is "a\nb\n" on disk (CRs added back when
+//     serving); mail_save_crlf = yes keeps CRLF messages byte for byte and
+//     stores a bare LF as CRLF, which is what IMAP serves anyway.
 //   - Facts found by running Dovecot 2.3.19 are written as comments where
 //     they are used, each starting "Dovecot:".
 //
-// Nothing here is for production: passwords are {PLAIN}, files are world
-// readable, fsync is off.
+// If the test binary dies (a go test -timeout panic), its Dovecots live on:
+// their process titles start with "dovecot-pecgate-" and their directories
+// stay in TMPDIR. Nothing here is for production: passwords are {PLAIN},
+// files are world readable, fsync is off.
 package dovetest
 
 import (
@@ -114,6 +116,7 @@ const DefaultSubmissionMaxSize int64 = 100 << 20
 // Server is one running Dovecot instance and its submission endpoint. Its
 // exported fields are set by Start and must not be changed.
 type Server struct {
+	// Name is Options.Name ("test" if that was empty).
 	Name string
 	// Dir holds everything of this instance (see the package doc).
 	Dir string
@@ -139,7 +142,8 @@ type Server struct {
 	// certificate of every listener above (SANs 127.0.0.1, 127.0.0.2, ::1,
 	// localhost).
 	CAFile string
-	Users  []User
+	// Users are the accounts as given, with their passwords filled in.
+	Users []User
 	// MasterUser and MasterPassword log in as any user: "user*MasterUser".
 	MasterUser, MasterPassword string
 	// Delimiter is the IMAP hierarchy delimiter, "." or "/".
@@ -498,8 +502,9 @@ func (s *Server) config() string {
 	// Durability is no concern in a test, and fsync dominates save time.
 	w("mail_fsync = never")
 	if !s.mail.root {
-		// Dovecot: as non-root, every service must run as the current user
-		// and none may chroot.
+		// Dovecot: as non-root it cannot switch users or chroot: run every
+		// service as the current user, without chroot (checked as an
+		// unprivileged user: the whole test suite passes).
 		w("default_internal_user = %s", s.mail.user)
 		w("default_internal_group = %s", s.mail.group)
 		w("default_login_user = %s", s.mail.user)
