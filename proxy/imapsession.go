@@ -47,6 +47,7 @@ type imapSession struct {
 	gen     int // upstream connection generation; stale handlers are ignored
 	queue   []update
 	active  int  // session methods running
+	idling  bool // inside Idle: BYE may be sent at once
 	byeSoon bool // shutdown asked while a method ran
 	closed  bool
 }
@@ -97,7 +98,7 @@ func (s *imapSession) leave() {
 // or as soon as its running command ends.
 func (s *imapSession) shutdown() {
 	s.mu.Lock()
-	if s.active > 0 {
+	if s.active > 0 && !s.idling {
 		s.byeSoon = true
 		s.mu.Unlock()
 		return
@@ -491,6 +492,16 @@ func (s *imapSession) flush(w *imapserver.UpdateWriter, allowExpunge bool) error
 func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	s.enter()
 	defer s.leave()
+	// An idling client waits for nothing: shutdown may say BYE at once
+	// (the BYE closes the connection, which ends the IDLE).
+	s.mu.Lock()
+	s.idling = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.idling = false
+		s.mu.Unlock()
+	}()
 	for attempt := 0; ; attempt++ {
 		up, err := s.upstream()
 		if err != nil || attempt == 3 {
@@ -641,6 +652,12 @@ func (s *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCrite
 	if esearch && upOpts == nil {
 		fillESearch(data, kind)
 	}
+	if data.All == nil {
+		// Nothing matched: an ESEARCH reply without ALL leaves All nil
+		// (imapclient replaces the whole result), and imapserver's writers
+		// fail on a nil set (writeSearch mid-line, writeESearch panics).
+		data.All = emptyNumSet(kind)
+	}
 	return data, nil
 }
 
@@ -666,12 +683,15 @@ func fillESearch(data *imap.SearchData, kind imapserver.NumKind) {
 		}
 	}
 	if data.All == nil {
-		if kind == imapserver.NumKindUID {
-			data.All = imap.UIDSet{}
-		} else {
-			data.All = imap.SeqSet{}
-		}
+		data.All = emptyNumSet(kind)
 	}
+}
+
+func emptyNumSet(kind imapserver.NumKind) imap.NumSet {
+	if kind == imapserver.NumKindUID {
+		return imap.UIDSet{}
+	}
+	return imap.SeqSet{}
 }
 
 // Fetch implements imapserver.Session: every item is relayed as the
