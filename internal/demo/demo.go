@@ -23,7 +23,6 @@ package demo
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -37,10 +36,10 @@ import (
 	gosync "sync"
 	"syscall"
 	"time"
-	"unicode/utf16"
 
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/mutf7"
 )
 
 // Domain is the mail domain the demo gateway serves.
@@ -458,45 +457,9 @@ func largestFixture(fx []Fixture) (f *Fixture, folder string, uid int) {
 func mailboxURLPath(name string) string {
 	levels := strings.Split(name, "/")
 	for i, l := range levels {
-		levels[i] = url.PathEscape(encodeModifiedUTF7(l))
+		levels[i] = url.PathEscape(mutf7.Encode(l))
 	}
 	return strings.Join(levels, "/")
-}
-
-// encodeModifiedUTF7 encodes s as IMAP's modified UTF-7: printable ASCII
-// as itself ("&" as "&-"), every other run as "&" + modified BASE64 of its
-// UTF-16 + "-".
-func encodeModifiedUTF7(s string) string {
-	var b strings.Builder
-	var run []rune
-	flush := func() {
-		if len(run) == 0 {
-			return
-		}
-		u := utf16.Encode(run)
-		buf := make([]byte, 2*len(u))
-		for i, c := range u {
-			buf[2*i], buf[2*i+1] = byte(c>>8), byte(c)
-		}
-		b.WriteByte('&')
-		b.WriteString(strings.ReplaceAll(base64.RawStdEncoding.EncodeToString(buf), "/", ","))
-		b.WriteByte('-')
-		run = run[:0]
-	}
-	for _, r := range s {
-		if r >= 0x20 && r <= 0x7e {
-			flush()
-			if r == '&' {
-				b.WriteString("&-")
-			} else {
-				b.WriteRune(r)
-			}
-			continue
-		}
-		run = append(run, r)
-	}
-	flush()
-	return b.String()
 }
 
 // folderCounts says how many fixtures go to each folder, in order of first

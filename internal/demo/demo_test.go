@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/mutf7"
 )
 
 // fakeGateway stands in for cmd's startGateway: it binds the configured
@@ -297,7 +298,7 @@ func TestMailboxURLPath(t *testing.T) {
 		}
 	}
 	// RFC 3501 section 5.1.3's example.
-	if got := encodeModifiedUTF7("~peter/mail/台北/日本語"); got != "~peter/mail/&U,BTFw-/&ZeVnLIqe-" {
-		t.Errorf("encodeModifiedUTF7 = %q", got)
+	if got := mutf7.Encode("~peter/mail/台北/日本語"); got != "~peter/mail/&U,BTFw-/&ZeVnLIqe-" {
+		t.Errorf("mutf7.Encode = %q", got)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/pecgate/pecgate/internal/mutf7"
 )
 
 func TestEncodeMUTF7(t *testing.T) {
@@ -36,8 +37,8 @@ func TestEncodeMUTF7(t *testing.T) {
 		{"€uro", "&IKw-uro"},
 		{"😀", "&2D3eAA-"}, // a surrogate pair
 	} {
-		if got := encodeMUTF7(tc.in); got != tc.want {
-			t.Errorf("encodeMUTF7(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := mutf7.Encode(tc.in); got != tc.want {
+			t.Errorf("mutf7.Encode(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

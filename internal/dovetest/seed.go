@@ -3,7 +3,6 @@ package dovetest
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -14,7 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf16"
+
+	"github.com/pecgate/pecgate/internal/mutf7"
 )
 
 // SeedMessage is one message for SeedMaildir.
@@ -156,7 +156,7 @@ func (s *Server) folderLevels(mailbox string) ([]string, error) {
 		case strings.ContainsAny(p, "/\x00\r\n") || p[0] == '~':
 			return nil, fmt.Errorf("mailbox %q: '/', '~', control characters not allowed", mailbox)
 		}
-		levels = append(levels, encodeMUTF7(p))
+		levels = append(levels, mutf7.Encode(p))
 	}
 	return levels, nil
 }
@@ -323,43 +323,4 @@ func (s *Server) mkdirOwned(dir string) error {
 		return err
 	}
 	return s.mail.chown(dir)
-}
-
-// mutf7 is the modified base64 of RFC 3501 section 5.1.3: ',' for '/', no
-// padding.
-var mutf7 = base64.NewEncoding("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,").WithPadding(base64.NoPadding)
-
-// encodeMUTF7 encodes a mailbox name in modified UTF-7 (RFC 3501 section
-// 5.1.3): printable ASCII stands for itself except '&', written "&-"; runs
-// of other characters are UTF-16BE in modified base64 between '&' and '-'.
-func encodeMUTF7(s string) string {
-	var b strings.Builder
-	var run []uint16
-	flush := func() {
-		if len(run) == 0 {
-			return
-		}
-		buf := make([]byte, 0, 2*len(run))
-		for _, u := range run {
-			buf = append(buf, byte(u>>8), byte(u))
-		}
-		b.WriteByte('&')
-		b.WriteString(mutf7.EncodeToString(buf))
-		b.WriteByte('-')
-		run = run[:0]
-	}
-	for _, r := range s {
-		if r >= 0x20 && r <= 0x7e {
-			flush()
-			if r == '&' {
-				b.WriteString("&-")
-			} else {
-				b.WriteRune(r)
-			}
-			continue
-		}
-		run = utf16.AppendRune(run, r)
-	}
-	flush()
-	return b.String()
 }
