@@ -495,3 +495,44 @@ func waitErr(f func() error) <-chan error {
 	go func() { ch <- f() }()
 	return ch
 }
+
+func TestIMAPDovecotReconnect(t *testing.T) {
+	old, gw := dovecotGateway(t)
+	pass := old.Password(testUser)
+	old.Deliver(t, testUser, "INBOX", msgN(1, 500))
+	old.Deliver(t, testUser, "INBOX", msgN(2, 500))
+	c := gw.login(t, testUser, pass, nil)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	fetchAll := func() ([]*imapclient.FetchMessageBuffer, error) {
+		return c.Fetch(imap.SeqSetNum(1, 2), &imap.FetchOptions{UID: true}).Collect()
+	}
+	// The provider restarts: the connection is reset under the session.
+	// Nothing changed in the mailbox, so the session reconnects, selects
+	// INBOX again and the client notices nothing.
+	old.Restart(t)
+	msgs, err := fetchAll()
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("after a provider restart: %v, %d messages", err, len(msgs))
+	}
+	// Restart again and let mail arrive meanwhile: the client's message
+	// numbers could now lie, so it must be told to reconnect rather than
+	// act on the wrong messages.
+	old.Restart(t)
+	old.Deliver(t, testUser, "INBOX", msgN(3, 500))
+	if _, err := fetchAll(); err == nil {
+		t.Fatal("FETCH went on after the mailbox changed behind a lost connection")
+	}
+	select {
+	case <-c.Closed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("client not disconnected after the mailbox changed behind a lost connection")
+	}
+	// A fresh session sees the new message.
+	c2 := gw.login(t, testUser, pass, nil)
+	sel, err := c2.Select("INBOX", nil).Wait()
+	if err != nil || sel.NumMessages != 3 {
+		t.Fatalf("new session: %v %+v", err, sel)
+	}
+}

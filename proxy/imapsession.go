@@ -40,7 +40,7 @@ type imapSession struct {
 	up       *backend.IMAPConn
 	selected string // "" when no mailbox is selected
 	readOnly bool
-	selData  *imap.SelectData
+	selData  *imap.SelectData // at SELECT; NumMessages follows what the client was told
 	touched  bool // a method talked to the upstream since the last Poll
 
 	mu      gosync.Mutex
@@ -469,8 +469,12 @@ func (s *imapSession) flush(w *imapserver.UpdateWriter, allowExpunge bool) error
 		switch u.kind {
 		case updExists:
 			err = w.WriteNumMessages(u.num)
+			if s.selData != nil {
+				s.selData.NumMessages = u.num
+			}
 		case updExpunge:
 			err = w.WriteExpunge(u.num)
+			s.told(-1)
 		case updFlags:
 			err = w.WriteMessageFlags(u.num, u.uid, u.flags)
 		case updMailboxFlags:
@@ -481,6 +485,14 @@ func (s *imapSession) flush(w *imapserver.UpdateWriter, allowExpunge bool) error
 		}
 	}
 	return nil
+}
+
+// told records that the client was told of a change of delta messages
+// (EXISTS, EXPUNGE), so that a reconnect compares like with like.
+func (s *imapSession) told(delta int) {
+	if s.selData != nil {
+		s.selData.NumMessages = uint32(int(s.selData.NumMessages) + delta)
+	}
 }
 
 // Idle implements imapserver.Session: the upstream IDLEs too and its
@@ -927,6 +939,7 @@ func (s *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest st
 			cmd.Close()
 			return err
 		}
+		s.told(-1)
 	}
 	return s.check(cmd.Close())
 }
@@ -942,6 +955,7 @@ func (s *imapSession) flushExpunges(w *imapserver.MoveWriter) error {
 			if err := w.WriteExpunge(u.num); err != nil {
 				return err
 			}
+			s.told(-1)
 		} else {
 			rest = append(rest, u)
 		}
