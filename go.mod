@@ -11,4 +11,8 @@ require (
 	golang.org/x/sys v0.48.0
 )
 
-require golang.org/x/text v0.42.0 // indirect
+require (
+	github.com/hashicorp/golang-lru/v2 v2.0.7 // indirect
+	go.etcd.io/bbolt v1.5.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+)
