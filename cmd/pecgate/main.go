@@ -28,8 +28,8 @@ func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE] [-log-format json|text]", "run the gateway", runServe},
 		{"demo", "demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
-		{"route", "route [-config FILE] DOMAIN|USER old|migrating|new [-force]", "change a migration state", notYet("route", 3)},
-		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", notYet("status", 4)},
+		{"route", "route [-config FILE] [-force] [-y] DOMAIN|USER old|migrating|new", "change a migration state", runRoute},
+		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", runStatus},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
 		{"verify", "verify [-config FILE] DOMAIN|USER", "audit old against new", notYet("verify", 4)},
 		{"vault", "vault [-config FILE] import FILE.csv", "import provider credentials", notYet("vault", 3)},

@@ -1,0 +1,394 @@
+// Package admin is pecgate's admin HTTP API, its status page and its
+// client (Client, used by `pecgate route` and `pecgate status`).
+//
+// Routes (DESIGN.md, "Contracts that tests and operators rely on"):
+//
+//	GET /healthz                     200 "ok": the process answers; no token
+//	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
+//	GET /metrics                     501 for now: Prometheus metrics come with a later issue
+//	GET /                            a plain HTML page: domains and states; no token
+//	GET /api/v1/domains              every served domain (DomainList)
+//	GET /api/v1/domains/{domain}     one domain and its user overrides (Domain)
+//	PUT /api/v1/domains/{domain}     {"state":"migrating","force":false} (StateRequest) -> ChangeResult
+//	GET /api/v1/users/{user}         a user's route and copy progress (User)
+//	PUT /api/v1/users/{user}         the same body; {"state":""} removes the user's own state
+//	GET /api/v1/users/{user}/progress  the copy progress alone (404 when not kept)
+//
+// Every /api call needs "Authorization: Bearer TOKEN", compared in constant
+// time; without it the answer is 401. Every error is one JSON document,
+// Error, rendered in one place from the error a handler returns: 400 bad
+// input, 401 no or wrong token, 404 unknown domain, user or path, 405
+// method not allowed, 409 refused change (with the reason, and "uncopied"
+// when messages are not yet in new), 500 anything else (details logged,
+// not sent).
+//
+// The package changes state only through store.Router, which persists it;
+// every change and refusal is logged here, with the caller's address.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/pecgate/pecgate/store"
+)
+
+// Options configure the admin handler.
+type Options struct {
+	// Router answers and changes the routing. Required.
+	Router *store.Router
+	// Token is the bearer token every /api call needs. "" refuses every
+	// /api call (401).
+	Token string
+	// Log receives a line per change, refusal and internal error. nil
+	// discards them.
+	Log *slog.Logger
+	// Ready says whether the gateway can serve (GET /readyz): nil when
+	// ready, else why not. nil means always ready.
+	Ready func(ctx context.Context) error
+	// Progress returns a user's copy progress (any JSON-encodable value,
+	// e.g. *store.Progress), or an error wrapping store.ErrNotFound when
+	// none is recorded. nil means progress is not kept: GET
+	// /api/v1/users/{user} leaves it out and .../progress answers 404.
+	Progress func(ctx context.Context, user string) (any, error)
+}
+
+// maxBody bounds a PUT body.
+const maxBody = 64 << 10
+
+//go:embed page.html
+var pageHTML string
+
+var pageTemplate = template.Must(template.New("page").Parse(pageHTML))
+
+type server struct {
+	Options
+	tokenHash [sha256.Size]byte
+}
+
+// handlerFunc is a handler that returns its error for serve to render.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// New returns the admin HTTP handler. It panics when opts.Router is nil.
+func New(opts Options) http.Handler {
+	if opts.Router == nil {
+		panic("admin: nil Router")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &server{Options: opts, tokenHash: sha256.Sum256([]byte(opts.Token))}
+
+	api := http.NewServeMux()
+	api.Handle("GET /api/v1/domains", s.serve(s.getDomains))
+	api.Handle("/api/v1/domains", s.notAllowed("GET"))
+	api.Handle("GET /api/v1/domains/{domain}", s.serve(s.getDomain))
+	api.Handle("PUT /api/v1/domains/{domain}", s.serve(s.putDomain))
+	api.Handle("/api/v1/domains/{domain}", s.notAllowed("GET, PUT"))
+	api.Handle("GET /api/v1/users/{user}", s.serve(s.getUser))
+	api.Handle("PUT /api/v1/users/{user}", s.serve(s.putUser))
+	api.Handle("/api/v1/users/{user}", s.notAllowed("GET, PUT"))
+	api.Handle("GET /api/v1/users/{user}/progress", s.serve(s.getProgress))
+	api.Handle("/api/v1/users/{user}/progress", s.notAllowed("GET"))
+	api.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "no such API path: %s", r.URL.Path)
+	}))
+
+	mux := http.NewServeMux()
+	mux.Handle("/api/", s.auth(api))
+	mux.Handle("GET /healthz", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return writeText(w, "ok\n")
+	}))
+	mux.Handle("/healthz", s.notAllowed("GET"))
+	mux.Handle("GET /readyz", s.serve(s.getReady))
+	mux.Handle("/readyz", s.notAllowed("GET"))
+	mux.Handle("GET /metrics", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotImplemented, "metrics are not available in this version yet: Prometheus metrics come with a later issue")
+	}))
+	mux.Handle("/metrics", s.notAllowed("GET"))
+	mux.Handle("GET /{$}", s.serve(s.getPage))
+	mux.Handle("/{$}", s.notAllowed("GET"))
+	mux.Handle("/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "no such path: %s", r.URL.Path)
+	}))
+	return mux
+}
+
+// serve renders the error h returns, once, as an Error document.
+func (s *server) serve(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *server) notAllowed(allow string) http.Handler {
+	return s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Allow", allow)
+		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, allow)
+	})
+}
+
+// auth lets a request through only with the right bearer token (RFC 6750
+// section 2.1; the scheme name is case-insensitive, RFC 9110 section 11.1).
+func (s *server) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		// Hashing first makes the comparison constant-time in the length too.
+		got := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if s.Token == "" || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="pecgate"`)
+			s.writeError(w, r, errorf(http.StatusUnauthorized, "missing or wrong bearer token: send \"Authorization: Bearer TOKEN\" with the token from the file [admin] token_file names"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// toError turns any error into the Error document it is answered with.
+func toError(err error) *Error {
+	var ae *Error
+	var re *store.RefusedError
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &re):
+		return &Error{Status: http.StatusConflict, Message: re.Reason, Uncopied: re.Uncopied, Forceable: true}
+	case errors.Is(err, store.ErrBadState), errors.Is(err, store.ErrBadUser):
+		return &Error{Status: http.StatusBadRequest, Message: strings.TrimPrefix(err.Error(), "store: ")}
+	case errors.Is(err, store.ErrUnknownDomain):
+		return &Error{Status: http.StatusNotFound, Message: strings.TrimPrefix(err.Error(), "store: ")}
+	case errors.Is(err, store.ErrNoNewProvider):
+		return &Error{Status: http.StatusConflict, Message: strings.TrimPrefix(err.Error(), "store: ")}
+	}
+	return &Error{Status: http.StatusInternalServerError, Message: "internal error (see the gateway's log)"}
+}
+
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e := toError(err)
+	if e.Status >= 500 && e.Status != http.StatusNotImplemented && e.Status != http.StatusServiceUnavailable {
+		s.Log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+	}
+	writeJSON(w, e.Status, e)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func writeText(w http.ResponseWriter, s string) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, err := io.WriteString(w, s)
+	return err
+}
+
+func (s *server) getReady(w http.ResponseWriter, r *http.Request) error {
+	if s.Ready != nil {
+		if err := s.Ready(r.Context()); err != nil {
+			return errorf(http.StatusServiceUnavailable, "not ready: %v", err)
+		}
+	}
+	return writeText(w, "ok\n")
+}
+
+func (s *server) getPage(w http.ResponseWriter, r *http.Request) error {
+	var buf bytes.Buffer
+	if err := pageTemplate.Execute(&buf, s.Router.Domains()); err != nil {
+		return fmt.Errorf("render the status page: %w", err)
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func domainDoc(d store.DomainStatus) Domain {
+	return Domain{
+		Name: d.Name, State: d.State, ConfigState: d.Config, Overridden: d.Overridden,
+		Old: d.Old, New: d.New, UserOverrides: d.Users,
+	}
+}
+
+func (s *server) getDomains(w http.ResponseWriter, r *http.Request) error {
+	list := DomainList{Domains: []Domain{}}
+	for _, d := range s.Router.Domains() {
+		list.Domains = append(list.Domains, domainDoc(d))
+	}
+	return writeJSON(w, http.StatusOK, list)
+}
+
+func (s *server) domain(name string) (*Domain, error) {
+	st, err := s.Router.Domain(name)
+	if err != nil {
+		return nil, err
+	}
+	d := domainDoc(st)
+	for _, u := range s.Router.Users(d.Name) {
+		d.Users = append(d.Users, UserOverride{User: u.User, State: u.State})
+	}
+	return &d, nil
+}
+
+func (s *server) getDomain(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.domain(r.PathValue("domain"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d)
+}
+
+// user returns the route of user, and its progress when withProgress.
+func (s *server) user(ctx context.Context, user string, withProgress bool) (*User, error) {
+	if !strings.Contains(user, "@") {
+		return nil, fmt.Errorf("%w: %q", store.ErrBadUser, user)
+	}
+	rt := s.Router.Route(user)
+	if rt == nil {
+		return nil, errorf(http.StatusNotFound, "domain of %q is not served by this gateway", user)
+	}
+	ds, err := s.Router.Domain(rt.Domain.Name)
+	if err != nil {
+		return nil, err
+	}
+	u := &User{
+		User: store.CanonicalUser(user), Domain: rt.Domain.Name, State: rt.State, DomainState: ds.State,
+		Overridden: rt.Overridden, Old: rt.Old, New: rt.New,
+	}
+	if withProgress && s.Progress != nil {
+		p, err := s.Progress(ctx, u.User)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("progress of %s: %w", u.User, err)
+		default:
+			if u.Progress, err = json.Marshal(p); err != nil {
+				return nil, fmt.Errorf("encode progress of %s: %w", u.User, err)
+			}
+		}
+	}
+	return u, nil
+}
+
+func (s *server) getUser(w http.ResponseWriter, r *http.Request) error {
+	u, err := s.user(r.Context(), r.PathValue("user"), true)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, u)
+}
+
+func (s *server) getProgress(w http.ResponseWriter, r *http.Request) error {
+	u, err := s.user(r.Context(), r.PathValue("user"), false)
+	if err != nil {
+		return err
+	}
+	if s.Progress == nil {
+		return errorf(http.StatusNotFound, "copy progress is not kept by this gateway (no back-fill is running)")
+	}
+	p, err := s.Progress(r.Context(), u.User)
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(http.StatusNotFound, "no copy progress recorded for %s", u.User)
+	}
+	if err != nil {
+		return fmt.Errorf("progress of %s: %w", u.User, err)
+	}
+	return writeJSON(w, http.StatusOK, p)
+}
+
+// readState decodes a StateRequest body: one JSON object, known fields
+// only, "state" present.
+func readState(w http.ResponseWriter, r *http.Request) (StateRequest, error) {
+	var req StateRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, errorf(http.StatusBadRequest, "bad request body, want {\"state\":\"old|migrating|new\",\"force\":false}: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return req, errorf(http.StatusBadRequest, "bad request body: more than one JSON value")
+	}
+	if req.State == nil {
+		return req, errorf(http.StatusBadRequest, "bad request body: \"state\" is required (old, migrating or new)")
+	}
+	return req, nil
+}
+
+func (s *server) putDomain(w http.ResponseWriter, r *http.Request) error {
+	req, err := readState(w, r)
+	if err != nil {
+		return err
+	}
+	name := r.PathValue("domain")
+	c, err := s.Router.SetDomain(r.Context(), name, *req.State, req.Force)
+	s.logChange(r, "domain", name, *req.State, c, err)
+	if err != nil {
+		return err
+	}
+	res := changeDoc(c)
+	if res.Domain, err = s.domain(c.Name); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, res)
+}
+
+func (s *server) putUser(w http.ResponseWriter, r *http.Request) error {
+	req, err := readState(w, r)
+	if err != nil {
+		return err
+	}
+	name := r.PathValue("user")
+	var c *store.Change
+	if *req.State == "" {
+		c, err = s.Router.ClearUser(r.Context(), name, req.Force)
+	} else {
+		c, err = s.Router.SetUser(r.Context(), name, *req.State, req.Force)
+	}
+	s.logChange(r, "user", name, *req.State, c, err)
+	if err != nil {
+		return err
+	}
+	res := changeDoc(c)
+	if res.User, err = s.user(r.Context(), c.Name, false); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, res)
+}
+
+func changeDoc(c *store.Change) ChangeResult {
+	return ChangeResult{Kind: c.Kind, Name: c.Name, From: c.From, To: c.To, Cleared: c.Cleared, Forced: c.Forced, Uncopied: c.Uncopied}
+}
+
+// logChange logs a change, a forced change (warning) or a refusal.
+func (s *server) logChange(r *http.Request, kind, name, state string, c *store.Change, err error) {
+	var re *store.RefusedError
+	switch {
+	case errors.As(err, &re):
+		s.Log.Warn("route change refused", "kind", kind, "name", name, "state", state, "reason", re.Reason, "uncopied", re.Uncopied, "remote", r.RemoteAddr)
+	case err != nil:
+		// Bad input is the caller's problem; a store failure is logged by writeError.
+	case c.Forced:
+		s.Log.Warn("route changed by force", "kind", c.Kind, "name", c.Name, "from", c.From, "to", c.To, "cleared", c.Cleared, "uncopied", c.Uncopied, "remote", r.RemoteAddr)
+	default:
+		s.Log.Info("route changed", "kind", c.Kind, "name", c.Name, "from", c.From, "to", c.To, "cleared", c.Cleared, "remote", r.RemoteAddr)
+	}
+}
