@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -44,6 +45,9 @@ type IMAPServer struct {
 	srv    *imapserver.Server
 	nextID atomic.Uint64
 
+	pinKey [32]byte   // random per process: keys the pinned-password cache
+	pinned gosync.Map // lower-cased user -> HMAC of the password last pinned
+
 	mu       gosync.Mutex
 	sessions map[*imapSession]struct{}
 	closing  bool
@@ -56,6 +60,7 @@ func NewIMAP(opts Options) *IMAPServer {
 		opts.Limiter = NewAuthLimiter()
 	}
 	s := &IMAPServer{opts: opts, sessions: make(map[*imapSession]struct{})}
+	rand.Read(s.pinKey[:])
 	s.srv = imapserver.New(&imapserver.Options{
 		NewSession: s.newSession,
 		Caps:       IMAPCaps,

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/config"
 )
 
 // imapSession serves one client connection from one upstream connection
@@ -37,11 +38,19 @@ type imapSession struct {
 	route    *Route
 	password string // the client's, in memory only, to reconnect upstream
 
-	up       *backend.IMAPConn
-	selected string // "" when no mailbox is selected
-	readOnly bool
-	selData  *imap.SelectData // at SELECT; NumMessages follows what the client was told
-	touched  bool // a method talked to the upstream since the last Poll
+	up       *backend.IMAPConn // state old: the one upstream
+	selected string            // "" when no mailbox is selected
+
+	// States migrating and new (virtual mode): oldUp is nil in state new.
+	oldUp, newUp       *backend.IMAPConn
+	oldDelim, newDelim rune
+	vm                 *vmail // the selected mailbox's view
+	state              string // the state the session serves
+	flips              <-chan struct{}
+	unsubscribe        func()
+	readOnly           bool
+	selData            *imap.SelectData // at SELECT; NumMessages follows what the client was told
+	touched            bool             // a method talked to the upstream since the last Poll
 
 	mu      gosync.Mutex
 	gen     int // upstream connection generation; stale handlers are ignored
@@ -59,10 +68,13 @@ const (
 	updExpunge
 	updFlags
 	updMailboxFlags
+	updResync    // virtual mode: an upstream changed, refresh the view
+	updSideFlags // virtual mode: a flag change on one side
 )
 
 type update struct {
 	kind  updateKind
+	side  string // updSideFlags: "old" or "new"
 	num   uint32 // EXISTS count or sequence number
 	uid   imap.UID
 	flags []imap.Flag
@@ -79,6 +91,7 @@ func (s *imapSession) enter() {
 	s.mu.Lock()
 	s.active++
 	s.mu.Unlock()
+	s.checkFlip()
 }
 
 func (s *imapSession) leave() {
@@ -113,9 +126,14 @@ func (s *imapSession) Close() error {
 	s.closed = true
 	s.gen++
 	s.mu.Unlock()
-	if s.up != nil {
-		s.up.Logout()
-		s.up = nil
+	for _, c := range []*backend.IMAPConn{s.up, s.oldUp, s.newUp} {
+		if c != nil {
+			c.Logout()
+		}
+	}
+	s.up, s.oldUp, s.newUp = nil, nil, nil
+	if s.unsubscribe != nil {
+		s.unsubscribe()
 	}
 	s.srv.sessionDone(s)
 	s.log.Info("session end")
@@ -137,8 +155,14 @@ func (s *imapSession) Login(username, password string) error {
 		s.log.Info("login refused", "user", username, "reason", "unknown domain")
 		return imapserver.ErrAuthFailed
 	}
-	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name)
-	up, err := s.dialUpstream(route, username, password)
+	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
+	var up *backend.IMAPConn
+	var err error
+	if route.State == config.StateOld {
+		up, err = s.dialUpstream(route, username, password)
+	} else {
+		err = s.loginVirtual(route, username, password)
+	}
 	if err != nil {
 		if backend.IsAuthFailure(err) {
 			limiter.Failed(ip, username)
@@ -150,7 +174,15 @@ func (s *imapSession) Login(username, password string) error {
 			Text: "The mail provider is unreachable, please retry later"}
 	}
 	limiter.Succeeded(username)
-	s.route, s.password, s.up, s.log = route, password, up, log
+	if route.State == config.StateOld && route.New != nil && route.Old.Config().Auth == config.AuthPassthrough {
+		// The domain will move: pin a verifier of the password old accepts
+		// now, so the member keeps it after old is gone.
+		s.pinVerifier(context.Background(), username, password)
+	}
+	s.route, s.password, s.up, s.log, s.state = route, password, up, log, route.State
+	if r := s.srv.opts.Router; r != nil {
+		s.flips, s.unsubscribe = r.Subscribe()
+	}
 	log.Info("login")
 	return nil
 }
@@ -265,6 +297,9 @@ func (s *imapSession) check(err error) error {
 func (s *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.vSelect(mailbox, options)
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return nil, err
@@ -285,6 +320,9 @@ func (s *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap
 func (s *imapSession) Unselect() error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.vUnselect()
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return err
@@ -311,31 +349,49 @@ func (s *imapSession) simple(f func(up *backend.IMAPConn) error) error {
 
 // Create implements imapserver.Session.
 func (s *imapSession) Create(mailbox string, options *imap.CreateOptions) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.vCreate(mailbox, options) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error { return up.Create(mailbox, options).Wait() })
 }
 
 // Delete implements imapserver.Session.
 func (s *imapSession) Delete(mailbox string) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.vDelete(mailbox) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error { return up.Delete(mailbox).Wait() })
 }
 
 // Rename implements imapserver.Session.
 func (s *imapSession) Rename(mailbox, newName string, options *imap.RenameOptions) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.vRename(mailbox, newName, options) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error { return up.Rename(mailbox, newName, options).Wait() })
 }
 
 // Subscribe implements imapserver.Session.
 func (s *imapSession) Subscribe(mailbox string) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.checkNew(s.newUp.Subscribe(s.newName(mailbox)).Wait()) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error { return up.Subscribe(mailbox).Wait() })
 }
 
 // Unsubscribe implements imapserver.Session.
 func (s *imapSession) Unsubscribe(mailbox string) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.checkNew(s.newUp.Unsubscribe(s.newName(mailbox)).Wait()) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error { return up.Unsubscribe(mailbox).Wait() })
 }
 
 // List implements imapserver.Session (LIST and LSUB).
 func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	if s.virtual() {
+		return s.vdo(func() error { return s.vList(w, ref, patterns, options) })
+	}
 	return s.simple(func(up *backend.IMAPConn) error {
 		for _, pattern := range patterns {
 			cmd := up.List(ref, pattern, options)
@@ -363,6 +419,9 @@ func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 func (s *imapSession) Status(mailbox string, options *imap.StatusOptions) (*imap.StatusData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.statusVirtual(mailbox, options)
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return nil, err
@@ -399,6 +458,9 @@ func (s *imapSession) AppendLimit() uint32 {
 func (s *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.appendVirtual(mailbox, r, options)
+	}
 	if limit := s.srv.opts.maxMessageSize(s.route); r.Size() > limit {
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeTooBig,
 			Text: fmt.Sprintf("Message too big: the limit is %d bytes", limit)}
@@ -438,6 +500,9 @@ func (s *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap
 // when the command did not reach the upstream (NOOP, CHECK) it first asks
 // the upstream with NOOP, so polling clients see new mail.
 func (s *imapSession) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
+	if s.virtual() {
+		return s.vPoll(w, allowExpunge)
+	}
 	if !s.touched && s.up != nil {
 		s.enter()
 		if up, err := s.upstream(); err == nil {
@@ -504,6 +569,9 @@ func (s *imapSession) told(delta int) {
 func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.vIdle(w, stop)
+	}
 	// An idling client waits for nothing: shutdown may say BYE at once
 	// (the BYE closes the connection, which ends the IDLE).
 	s.mu.Lock()
@@ -595,6 +663,13 @@ func (s *imapSession) relayIdle(w *imapserver.UpdateWriter, up *backend.IMAPConn
 func (s *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		if s.vm == nil {
+			return nil
+		}
+		s.touched = true
+		return s.vm.expunge(w, uids)
+	}
 	if s.readOnly {
 		return errReadOnly
 	}
@@ -642,6 +717,10 @@ var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: "READ-ONLY"
 func (s *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		s.touched = true
+		return s.vm.search(kind, criteria, options)
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return nil, err
@@ -711,6 +790,10 @@ func emptyNumSet(kind imapserver.NumKind) imap.NumSet {
 func (s *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		s.touched = true
+		return s.vm.fetch(w, numSet, options)
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return err
@@ -731,60 +814,59 @@ func (s *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, optio
 func (s *imapSession) relayMessage(w *imapserver.FetchWriter, msg *imapclient.FetchMessageData, options *imap.FetchOptions) error {
 	rw := w.CreateMessage(msg.SeqNum)
 	for item := msg.Next(); item != nil; item = msg.Next() {
-		switch item := item.(type) {
-		case imapclient.FetchItemDataUID:
-			rw.WriteUID(item.UID)
-		case imapclient.FetchItemDataFlags:
-			rw.WriteFlags(item.Flags)
-		case imapclient.FetchItemDataRFC822Size:
-			rw.WriteRFC822Size(item.Size)
-		case imapclient.FetchItemDataInternalDate:
-			rw.WriteInternalDate(item.Time)
-		case imapclient.FetchItemDataEnvelope:
-			rw.WriteEnvelope(item.Envelope)
-		case imapclient.FetchItemDataBodyStructure:
-			if options.BodyStructure == nil {
-				continue
-			}
-			// imapserver panics on a non-extended structure when the
-			// client asked BODYSTRUCTURE; imapclient leaves Extended nil
-			// when the upstream sent no extension data.
-			fillExtended(item.BodyStructure)
-			rw.WriteBodyStructure(item.BodyStructure)
-		case imapclient.FetchItemDataBodySection:
-			sec := matchBodySection(options, &item)
-			if sec == nil {
-				io.Copy(io.Discard, item.Literal)
-				continue
-			}
-			if err := copyLiteral(rw.WriteBodySection(sec, item.Literal.Size()), item.Literal); err != nil {
-				return err
-			}
-		case imapclient.FetchItemDataBinarySection:
-			var sec *imap.FetchItemBinarySection
-			for _, c := range options.BinarySection {
-				if item.MatchCommand(c) {
-					sec = c
-					break
-				}
-			}
-			if sec == nil {
-				io.Copy(io.Discard, item.Literal)
-				continue
-			}
-			if err := copyLiteral(rw.WriteBinarySection(sec, item.Literal.Size()), item.Literal); err != nil {
-				return err
-			}
-		case imapclient.FetchItemDataBinarySectionSize:
-			for _, c := range options.BinarySectionSize {
-				if item.MatchCommand(c) {
-					rw.WriteBinarySectionSize(c, item.Size)
-					break
-				}
-			}
+		if err := relayItem(rw, item, options); err != nil {
+			return err
 		}
 	}
 	return rw.Close()
+}
+
+// relayItem writes one upstream FETCH item to the client.
+func relayItem(rw *imapserver.FetchResponseWriter, item imapclient.FetchItemData, options *imap.FetchOptions) error {
+	switch item := item.(type) {
+	case imapclient.FetchItemDataUID:
+		rw.WriteUID(item.UID)
+	case imapclient.FetchItemDataFlags:
+		rw.WriteFlags(item.Flags)
+	case imapclient.FetchItemDataRFC822Size:
+		rw.WriteRFC822Size(item.Size)
+	case imapclient.FetchItemDataInternalDate:
+		rw.WriteInternalDate(item.Time)
+	case imapclient.FetchItemDataEnvelope:
+		rw.WriteEnvelope(item.Envelope)
+	case imapclient.FetchItemDataBodyStructure:
+		if options.BodyStructure == nil {
+			return nil
+		}
+		// imapserver panics on a non-extended structure when the client
+		// asked BODYSTRUCTURE; imapclient leaves Extended nil when the
+		// upstream sent no extension data.
+		fillExtended(item.BodyStructure)
+		rw.WriteBodyStructure(item.BodyStructure)
+	case imapclient.FetchItemDataBodySection:
+		sec := matchBodySection(options, &item)
+		if sec == nil {
+			_, err := io.Copy(io.Discard, item.Literal)
+			return err
+		}
+		return copyLiteral(rw.WriteBodySection(sec, item.Literal.Size()), item.Literal)
+	case imapclient.FetchItemDataBinarySection:
+		for _, c := range options.BinarySection {
+			if item.MatchCommand(c) {
+				return copyLiteral(rw.WriteBinarySection(c, item.Literal.Size()), item.Literal)
+			}
+		}
+		_, err := io.Copy(io.Discard, item.Literal)
+		return err
+	case imapclient.FetchItemDataBinarySectionSize:
+		for _, c := range options.BinarySectionSize {
+			if item.MatchCommand(c) {
+				rw.WriteBinarySectionSize(c, item.Size)
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // matchBodySection returns the client's own section item for an upstream
@@ -835,6 +917,10 @@ func fillExtended(bs imap.BodyStructure) {
 func (s *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		s.touched = true
+		return s.vm.store(w, numSet, flags, options)
+	}
 	if s.readOnly {
 		return errReadOnly
 	}
@@ -868,6 +954,11 @@ func (s *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags
 func (s *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		s.touched = true
+		data, _, _, err := s.vm.copyTo(numSet, dest)
+		return data, err
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return nil, err
@@ -886,6 +977,10 @@ func (s *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, err
 func (s *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		s.touched = true
+		return s.vMove(w, numSet, dest)
+	}
 	if s.readOnly {
 		return errReadOnly
 	}
@@ -973,6 +1068,9 @@ func (s *imapSession) flushExpunges(w *imapserver.MoveWriter) error {
 func (s *imapSession) Namespace() (*imap.NamespaceData, error) {
 	s.enter()
 	defer s.leave()
+	if s.virtual() {
+		return s.vNamespace()
+	}
 	up, err := s.upstream()
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"mime"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/store"
 )
 
 // Options configure the IMAP and SMTP servers.
@@ -32,6 +34,17 @@ type Options struct {
 	TLS *tls.Config
 	// Log receives one logger per connection; nil discards.
 	Log *slog.Logger
+	// Router gives each user's state at run time (overrides from the admin
+	// API, live flips). Nil: the configured states, fixed.
+	Router *store.Router
+	// Maps caches the UID maps of mailboxes in use; required for states
+	// migrating and new.
+	Maps *store.MapCache
+	// Copier copies one message from old to new and records the mapping;
+	// required for writes during migrating.
+	Copier Copier
+	// Secrets gives vault credentials for providers with auth = "vault".
+	Secrets backend.Secrets
 	// Limiter throttles failed logins; share one between the IMAP and
 	// SMTP servers. Nil: each server makes its own with NewAuthLimiter.
 	Limiter *AuthLimiter
@@ -48,25 +61,50 @@ func (o *Options) logger() *slog.Logger {
 type Route struct {
 	User     string // the login, as the client typed it
 	Domain   *config.Domain
-	Provider *backend.Provider
+	State    string            // old, migrating or new
+	Provider *backend.Provider // the one that serves the state: old for old, new otherwise
+	Old, New *backend.Provider // New is nil when the domain has no new provider
+}
+
+// Copier copies message v (old UID oldUID, in old's mailbox selected on
+// oldC) to newMailbox on newC, streaming the bytes with their flags and
+// INTERNALDATE, and records v -> new UID in entry's map in the same store
+// transaction that ends the copy. The caller holds no lock on entry.
+type Copier interface {
+	CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, newMailbox string, v, oldUID store.UID) (store.UID, error)
 }
 
 // resolve maps a login to its route, or returns nil when the domain is not
 // served (the caller answers with a plain authentication failure).
 func (o *Options) resolve(username string) *Route {
-	d := o.Config.LookupDomain(strings.TrimSpace(username))
+	username = strings.TrimSpace(username)
+	d := o.Config.LookupDomain(username)
 	if d == nil {
 		return nil
 	}
-	name := d.Old
-	if d.State == config.StateNew && d.New != "" {
-		name = d.New
+	state := d.State
+	if o.Router != nil {
+		r := o.Router.Route(username)
+		if r == nil {
+			return nil
+		}
+		state = r.State
 	}
-	p := o.Backends.Provider(name)
-	if p == nil {
+	route := &Route{User: username, Domain: d, State: state, Old: o.Backends.Provider(d.Old)}
+	if d.New != "" {
+		route.New = o.Backends.Provider(d.New)
+	}
+	if route.Old == nil {
 		return nil
 	}
-	return &Route{User: username, Domain: d, Provider: p}
+	route.Provider = route.Old
+	if state != config.StateOld {
+		if route.New == nil {
+			return nil
+		}
+		route.Provider = route.New
+	}
+	return route
 }
 
 // maxMessageSize is the APPEND/DATA limit for a route: the server's, or the

@@ -90,3 +90,26 @@ func (c *MapCache) Save(ctx context.Context, e *MapEntry, more func(Tx) error) e
 
 // Forget drops a cached entry (after a folder rename or delete).
 func (c *MapCache) Forget(user, mailbox string) { c.cache.Remove(mapKey(user, mailbox)) }
+
+// Store is the store behind the cache.
+func (c *MapCache) Store() Store { return c.st }
+
+// Rename moves the map of (user, from) to (user, to), as a folder rename
+// does; the virtual UIDs stay.
+func (c *MapCache) Rename(ctx context.Context, user, from, to string) error {
+	c.Forget(user, from)
+	c.Forget(user, to)
+	return c.st.Update(ctx, func(tx Tx) error {
+		m, err := GetMap(tx, user, from)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := PutMap(tx, user, to, m); err != nil {
+			return err
+		}
+		return DeleteMap(tx, user, from)
+	})
+}

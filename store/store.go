@@ -45,11 +45,11 @@ type Tx interface {
 
 // Bucket names used by the typed accessors.
 const (
-	BucketOverrides = "overrides"  // "domain:NAME" / "user:ADDR" -> state
-	BucketMaps      = "uidmaps"    // "USER\x00MAILBOX" -> Map (binary)
-	BucketFolders   = "folders"    // "USER" -> FolderMap (JSON)
-	BucketVerifiers = "verifiers"  // "USER" -> verifier (PHC string)
-	BucketVault     = "vault"      // "PROVIDER\x00USER" -> sealed credential
-	BucketPending   = "pending"    // "USER\x00MAILBOX\x00VUID" -> pending change (JSON)
-	BucketProgress  = "progress"   // "USER" -> Progress (JSON)
+	BucketOverrides = "overrides" // "domain:NAME" / "user:ADDR" -> state
+	BucketMaps      = "uidmaps"   // "USER\x00MAILBOX" -> Map (binary)
+	BucketFolders   = "folders"   // "USER" -> FolderMap (JSON)
+	BucketVerifiers = "verifiers" // "USER" -> verifier (PHC string)
+	BucketVault     = "vault"     // "PROVIDER\x00USER" -> sealed credential
+	BucketPending   = "pending"   // "USER\x00MAILBOX\x00VUID" -> pending change (JSON)
+	BucketProgress  = "progress"  // "USER" -> Progress (JSON)
 )

@@ -18,6 +18,9 @@ import (
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/proxy"
+	"github.com/pecgate/pecgate/store"
+	"github.com/pecgate/pecgate/store/bolt"
+	"github.com/pecgate/pecgate/sync"
 )
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -87,14 +90,17 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 // gateway is a running set of listeners.
 type gateway struct {
-	log    *slog.Logger
-	certs  *certs.Manager
-	imap   *proxy.IMAPServer
-	smtp   *proxy.SMTPServer
-	addrs  map[string]string // listener name -> bound address
-	failed chan error
-	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	log       *slog.Logger
+	certs     *certs.Manager
+	store     store.Store
+	router    *store.Router
+	imap      *proxy.IMAPServer
+	smtp      *proxy.SMTPServer
+	addrs     map[string]string // listener name -> bound address
+	failed    chan error
+	cancel    context.CancelFunc
+	stopAdmin func()
+	wg        gosync.WaitGroup
 }
 
 // startGateway binds every configured listener (all or none) and serves
@@ -108,11 +114,32 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	if err != nil {
 		return nil, err
 	}
+	st, err := bolt.Open(cfg.Store.Path)
+	if err != nil {
+		return nil, fmt.Errorf("store.path: %w", err)
+	}
+	router, err := store.NewRouter(ctx, cfg, st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	var secrets backend.Secrets
+	if cfg.Vault.KeyFile != "" {
+		v, err := store.OpenVault(cfg.Vault.KeyFile)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("vault.key_file: %w", err)
+		}
+		secrets = vaultSecrets{v: v, st: st}
+	}
 	// One limiter: a password guessed over SMTP counts against IMAP too.
-	opts := proxy.Options{Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log, Limiter: proxy.NewAuthLimiter()}
+	opts := proxy.Options{
+		Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log, Limiter: proxy.NewAuthLimiter(),
+		Router: router, Maps: store.NewMapCache(st, 0), Copier: sync.Copier{}, Secrets: secrets,
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	gw := &gateway{
-		log: log, certs: cm, cancel: cancel,
+		log: log, certs: cm, cancel: cancel, store: st, router: router,
 		imap: proxy.NewIMAP(opts), smtp: proxy.NewSMTP(opts),
 		addrs: map[string]string{}, failed: make(chan error, 4),
 	}
@@ -137,6 +164,7 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 				ln.Close()
 			}
 			cancel()
+			st.Close()
 			return nil, fmt.Errorf("server.%s: %w", l.name, err)
 		}
 		lns = append(lns, ln)
@@ -155,7 +183,30 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		defer gw.wg.Done()
 		cm.Watch(ctx, 5*time.Second)
 	}()
+	adminAddr, stopAdmin, err := startAdmin(ctx, cfg, router, log)
+	if err != nil {
+		gw.shutdown(time.Second)
+		return nil, fmt.Errorf("server.admin: %w", err)
+	}
+	if adminAddr != "" {
+		gw.addrs["admin"] = adminAddr
+	}
+	gw.stopAdmin = stopAdmin
 	return gw, nil
+}
+
+// vaultSecrets reads vault credentials from the store.
+type vaultSecrets struct {
+	v  *store.Vault
+	st store.Store
+}
+
+func (s vaultSecrets) Credential(ctx context.Context, provider, user string) (username, password string, err error) {
+	err = s.st.View(ctx, func(tx store.Tx) error {
+		username, password, err = s.v.Get(tx, provider, user)
+		return err
+	})
+	return username, password, err
 }
 
 // shutdown stops accepting, says BYE to idle sessions, waits up to grace
@@ -171,6 +222,10 @@ func (gw *gateway) shutdown(grace time.Duration) {
 	go func() { defer wg.Done(); gw.imap.Shutdown(ctx) }()
 	go func() { defer wg.Done(); gw.smtp.Shutdown(ctx) }()
 	wg.Wait()
+	if gw.stopAdmin != nil {
+		gw.stopAdmin()
+	}
 	gw.cancel()
 	gw.wg.Wait()
+	gw.store.Close()
 }

@@ -1,0 +1,400 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/certs"
+	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/dovetest"
+	"github.com/pecgate/pecgate/store"
+	"github.com/pecgate/pecgate/store/bolt"
+	"github.com/pecgate/pecgate/sync"
+)
+
+// migration is a gateway in front of two real Dovecots, old and new, with
+// the new side logged into with new's master user, a bbolt store and a
+// router whose states the test flips.
+type migration struct {
+	old, new *dovetest.Server
+	gw       *testGateway
+	router   *store.Router
+	st       store.Store
+	maps     *store.MapCache
+	domain   string
+}
+
+func startMigration(t *testing.T, users ...string) *migration {
+	t.Helper()
+	dovetest.Require(t)
+	old, nw := dovetest.StartPair(t, users...)
+	dir := t.TempDir()
+	masterFile := filepath.Join(dir, "new.master")
+	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	domain := users[0][strings.IndexByte(users[0], '@')+1:]
+	cfg := &config.Config{
+		Server: config.Server{Hostname: "localhost"},
+		Providers: map[string]*config.Provider{
+			"old": {IMAP: "imaps://" + old.IMAPSAddr, Auth: config.AuthPassthrough, CA: old.CAFile},
+			"new": {IMAP: "imaps://" + nw.IMAPSAddr, Auth: config.AuthMaster, CA: nw.CAFile,
+				MasterUser: nw.MasterUser, MasterPasswordFile: masterFile, MasterStyle: config.MasterStyleSASL},
+		},
+		Domains: map[string]*config.Domain{domain: {Old: "old", New: "new", State: config.StateOld}},
+	}
+	for name, p := range cfg.Providers {
+		p.Name = name
+	}
+	for name, d := range cfg.Domains {
+		d.Name = name
+	}
+	st, err := bolt.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	router, err := store.NewRouter(context.Background(), cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps := store.NewMapCache(st, 100)
+	ca, err := certs.NewTestCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := startGatewayOpts(t, ca, cfg, func(o *Options) {
+		o.Router, o.Maps, o.Copier = router, maps, sync.Copier{}
+	})
+	return &migration{old: old, new: nw, gw: gw, router: router, st: st, maps: maps, domain: domain}
+}
+
+// startGatewayOpts is startTestGateway with options of the migration.
+func startGatewayOpts(t *testing.T, ca *certs.TestCA, cfg *config.Config, more func(*Options)) *testGateway {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := backend.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Config: cfg, Backends: bs, Log: testLogger(t), TLS: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}}
+	more(&opts)
+	srv := NewIMAP(opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln)
+	t.Cleanup(func() { srv.Close() })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.CertPEM())
+	return &testGateway{imapsAddr: ln.Addr().String(), pool: pool}
+}
+
+type seen struct {
+	uid   imap.UID
+	hash  [32]byte
+	flags []imap.Flag
+}
+
+// snapshot is what a client holds of INBOX: UIDVALIDITY and, per UID, the
+// SHA-256 of the bytes and the flags.
+func snapshot(t *testing.T, c *imapclient.Client, mailbox string) (uint32, []seen) {
+	t.Helper()
+	sel, err := c.Select(mailbox, nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.NumMessages == 0 {
+		return sel.UIDValidity, nil
+	}
+	body := &imap.FetchItemBodySection{Peek: true}
+	msgs, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Flags: true, BodySection: []*imap.FetchItemBodySection{body}}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != int(sel.NumMessages) {
+		t.Fatalf("FETCH 1:* answered %d messages, SELECT said %d", len(msgs), sel.NumMessages)
+	}
+	// The answers may come in any order (each side answers for its
+	// messages); each sequence number must come exactly once.
+	slices.SortFunc(msgs, func(a, b *imapclient.FetchMessageBuffer) int { return int(a.SeqNum) - int(b.SeqNum) })
+	var out []seen
+	for i, m := range msgs {
+		if m.SeqNum != uint32(i+1) {
+			t.Fatalf("FETCH 1:* of %d messages answered sequence %d at rank %d", sel.NumMessages, m.SeqNum, i+1)
+		}
+		out = append(out, seen{uid: m.UID, hash: sha256.Sum256(m.FindBodySection(body)), flags: m.Flags})
+	}
+	slices.SortFunc(out, func(a, b seen) int { return int(a.uid) - int(b.uid) })
+	return sel.UIDValidity, out
+}
+
+// maildirFiles hashes every message file of a Maildir (names carry the
+// flags): what "old is never written" means on disk.
+func maildirFiles(t *testing.T, root string) map[string][32]byte {
+	t.Helper()
+	out := map[string][32]byte{}
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		dir := filepath.Base(filepath.Dir(path))
+		if dir != "cur" && dir != "new" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(root, path)
+		out[rel] = sha256.Sum256(b)
+		return nil
+	})
+	return out
+}
+
+func TestMigrationCutoverWithClientAttached(t *testing.T) {
+	m := startMigration(t, testUser)
+	fixtures := dovetest.LoadFixtures(t)
+	var seeds []dovetest.SeedMessage
+	for i, f := range fixtures[:6] {
+		seeds = append(seeds, dovetest.SeedMessage{Mailbox: "INBOX", Body: f.Body, Flags: []string{`\Seen`}[:i%2],
+			InternalDate: time.Date(2024, 1, 1+i, 9, 0, 0, 0, time.UTC)})
+	}
+	m.old.SeedMaildir(t, testUser, seeds)
+	oldPass := m.old.Password(testUser)
+
+	// 1. In state old, the client syncs through the gateway.
+	c := m.gw.login(t, testUser, oldPass, nil)
+	uv0, before := snapshot(t, c, "INBOX")
+	if len(before) != 6 {
+		t.Fatalf("client sees %d messages in state old, want 6", len(before))
+	}
+	oldFiles := maildirFiles(t, m.old.MaildirPath(testUser))
+
+	// 2. Flip to migrating with the client attached and idle between
+	// commands; mail arrives at new (after the MX switch) and, late, at old.
+	if _, err := m.router.SetDomain(context.Background(), m.domain, config.StateMigrating, false); err != nil {
+		t.Fatal(err)
+	}
+	m.new.Deliver(t, testUser, "INBOX", msgN(100, 3000))
+	m.old.Deliver(t, testUser, "INBOX", msgN(101, 3000))
+	oldFiles = maildirFiles(t, m.old.MaildirPath(testUser)) // the late delivery is the provider's doing
+
+	if err := c.Noop().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	uv1, during := snapshot(t, c, "INBOX")
+	if uv1 != uv0 {
+		t.Fatalf("UIDVALIDITY changed at the flip: %d -> %d", uv0, uv1)
+	}
+	if len(during) != 8 {
+		t.Fatalf("client sees %d messages in migrating, want 6 old + 2 new arrivals", len(during))
+	}
+	for i, b := range before {
+		if during[i].uid != b.uid || during[i].hash != b.hash {
+			t.Fatalf("message %d changed identity: %d/%x -> %d/%x", i, b.uid, b.hash[:4], during[i].uid, during[i].hash[:4])
+		}
+	}
+	maxOld := before[len(before)-1].uid
+	if during[6].uid <= maxOld || during[7].uid <= during[6].uid {
+		t.Fatalf("new arrivals got UIDs %d, %d; want above %d", during[6].uid, during[7].uid, maxOld)
+	}
+
+	// 3. The user's changes during migrating.
+	if _, err := c.Store(imap.UIDSetNum(before[0].uid), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Collect(); err != nil {
+		t.Fatalf("STORE on a not yet copied message: %v", err)
+	}
+	if _, err := c.Store(imap.UIDSetNum(before[1].uid), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Collect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.UIDExpunge(imap.UIDSetNum(before[1].uid)).Collect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create("Pratiche", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Move(imap.UIDSetNum(before[2].uid), "Pratiche").Wait(); err != nil {
+		t.Fatalf("MOVE: %v", err)
+	}
+	appended := msgN(102, 1000)
+	ap := c.Append("INBOX", int64(len(appended)), nil)
+	ap.Write(appended)
+	ap.Close()
+	apData, err := ap.Wait()
+	if err != nil || apData.UIDValidity != uv0 || apData.UID <= during[7].uid {
+		t.Fatalf("APPEND during migrating: %v %+v", err, apData)
+	}
+	if err := c.Create("Archivio", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rename("Archivio", "Archivio 2024", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	_, after := snapshot(t, c, "INBOX")
+	var want []imap.UID
+	for _, s := range during {
+		if s.uid != before[1].uid && s.uid != before[2].uid {
+			want = append(want, s.uid)
+		}
+	}
+	want = append(want, apData.UID)
+	var got []imap.UID
+	for _, s := range after {
+		got = append(got, s.uid)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("INBOX after changes: UIDs %v, want %v", got, want)
+	}
+	if !slices.Contains(after[0].flags, imap.FlagFlagged) {
+		t.Errorf("flag set during migrating not shown: %v", after[0].flags)
+	}
+
+	// 4. Copy whatever is left (the back-fill's job), flip to new, stop old.
+	copyAll(t, m, "INBOX")
+	if _, err := m.router.SetDomain(context.Background(), m.domain, config.StateNew, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := maildirFiles(t, m.old.MaildirPath(testUser)); !mapsEqual(got, oldFiles) {
+		t.Errorf("old's Maildir changed during migrating")
+	}
+	m.old.Stop()
+	if err := c.Noop().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	uv2, final := snapshot(t, c, "INBOX")
+	if uv2 != uv0 || len(final) != len(after) {
+		t.Fatalf("after the flip to new: UIDVALIDITY %d (want %d), %d messages (want %d)", uv2, uv0, len(final), len(after))
+	}
+	for i := range after {
+		if final[i].uid != after[i].uid || final[i].hash != after[i].hash {
+			t.Fatalf("message %d differs after the flip to new", after[i].uid)
+		}
+	}
+	// Everything is in new, byte-identical, and the user's changes are there.
+	direct := m.new.Dial(t, testUser)
+	_, inNew := snapshot(t, direct, "INBOX")
+	if len(inNew) != len(final) {
+		t.Fatalf("new holds %d messages in INBOX, the client sees %d", len(inNew), len(final))
+	}
+	hashes := func(l []seen) [][32]byte {
+		var h [][32]byte
+		for _, s := range l {
+			h = append(h, s.hash)
+		}
+		slices.SortFunc(h, func(a, b [32]byte) int { return strings.Compare(string(a[:]), string(b[:])) })
+		return h
+	}
+	if !slices.Equal(hashes(inNew), hashes(final)) {
+		t.Fatal("new's INBOX bytes differ from what the client sees")
+	}
+	list, err := direct.List("", "*", nil).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range list {
+		names = append(names, l.Mailbox)
+	}
+	for _, want := range []string{"Pratiche", "Archivio 2024"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("folder %q made during migrating is not in new: %v", want, names)
+		}
+	}
+	if slices.Contains(names, "Archivio") {
+		t.Errorf("renamed folder still in new under its old name")
+	}
+	// A message arriving at new now gets a UID above all others.
+	m.new.Deliver(t, testUser, "INBOX", msgN(103, 500))
+	_, last := snapshot(t, c, "INBOX")
+	if len(last) != len(final)+1 || last[len(last)-1].uid <= apData.UID {
+		t.Fatalf("new arrival after the flip: %d messages, last UID %d", len(last), last[len(last)-1].uid)
+	}
+	// A new session in state new logs in with the password the member
+	// always had (old's), checked against the pinned verifier.
+	m.gw.login(t, testUser, oldPass, nil)
+	c2 := m.gw.dial(t, nil)
+	if err := c2.Login(testUser, "not-the-password").Wait(); err == nil {
+		t.Fatal("state new: a wrong password was accepted")
+	}
+}
+
+func mapsEqual(a, b map[string][32]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// copyAll copies every old-only message of mailbox to new with the
+// synchronous copier, as the back-fill will.
+func copyAll(t *testing.T, m *migration, mailbox string) {
+	t.Helper()
+	ctx := context.Background()
+	oldC := m.old.Dial(t, testUser)
+	if _, err := oldC.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := oldC.UIDSearch(&imap.SearchCriteria{}, nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := m.maps.Get(ctx, testUser, mailbox)
+	if err != nil || entry.M == nil {
+		t.Fatalf("no map for %s: %v", mailbox, err)
+	}
+	bs, err := backend.NewProvider("new", &config.Provider{IMAP: "imaps://" + m.new.IMAPSAddr, CA: m.new.CAFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newC, err := bs.LoginIMAP(ctx, testUser, m.new.Password(testUser), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newC.Close()
+	oldUp := &backend.IMAPConn{Client: oldC}
+	for _, o := range res.AllUIDs() {
+		entry.Lock()
+		v, ok := entry.M.ByOld(store.UID(o))
+		if !ok && store.UID(o) >= entry.M.Frozen {
+			v = entry.M.AddOld(store.UID(o))
+			ok = true
+		}
+		_, n, _ := entry.M.Lookup(v)
+		gone := entry.M.IsGone(v)
+		entry.Unlock()
+		if !ok || gone || n != 0 {
+			continue
+		}
+		if _, err := (sync.Copier{}).CopyToNew(ctx, oldUp, newC, entry, m.maps, mailbox, v, store.UID(o)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,843 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/store"
+)
+
+// vmail is the virtual mailbox view of a session whose user is in state
+// migrating (old and new) or new (new only): one UIDVALIDITY, one UID space
+// from the user's UID map (store.Map), built from one or two upstream
+// mailboxes (invariants 1, 3, 4).
+//
+// Sequence numbers are positions in view, the sorted virtual UIDs the
+// client was last told about. Each side keeps its upstream sequence ->
+// UID list, so upstream FETCH responses are placed by their sequence
+// number whatever the order of their items.
+//
+// Writes: the old side is only ever EXAMINEd and read with BODY.PEEK; a
+// write (STORE, EXPUNGE, COPY, MOVE) to a message not yet in new copies it
+// first (CopyToNew), then acts on new.
+type vmail struct {
+	s        *imapSession
+	old, new *vside // old is nil in state new
+	entry    *store.MapEntry
+	mailbox  string // the client's (old's) name
+	readOnly bool
+	view     []store.UID
+	dirty    bool // an upstream reported a change: resync at the next Poll
+}
+
+type vside struct {
+	name    string // "old" / "new"
+	c       *backend.IMAPConn
+	mailbox string
+	uids    []store.UID // upstream sequence order
+	delim   rune
+}
+
+func (sd *vside) seqOf(uid store.UID) uint32 {
+	i, ok := slices.BinarySearch(sd.uids, uid)
+	if !ok {
+		return 0
+	}
+	return uint32(i + 1)
+}
+
+// searchAll lists the side's UIDs in sequence order.
+func (sd *vside) searchAll() ([]store.UID, error) {
+	data, err := sd.c.UIDSearch(&imap.SearchCriteria{}, &imap.SearchOptions{ReturnAll: true}).Wait()
+	if err != nil {
+		return nil, err
+	}
+	var out []store.UID
+	if data.All != nil {
+		uids, _ := data.All.(imap.UIDSet).Nums()
+		for _, u := range uids {
+			out = append(out, store.UID(u))
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// newName maps a client (old) mailbox name to the new provider's,
+// converting the hierarchy delimiter.
+func (s *imapSession) newName(mailbox string) string {
+	if s.oldDelim == 0 || s.newDelim == 0 || s.oldDelim == s.newDelim || strings.EqualFold(mailbox, "INBOX") {
+		return mailbox
+	}
+	return strings.ReplaceAll(mailbox, string(s.oldDelim), string(s.newDelim))
+}
+
+// oldName maps a new provider's name back to the client's.
+func (s *imapSession) oldName(mailbox string) string {
+	if s.oldDelim == 0 || s.newDelim == 0 || s.oldDelim == s.newDelim {
+		return mailbox
+	}
+	return strings.ReplaceAll(mailbox, string(s.newDelim), string(s.oldDelim))
+}
+
+func delimOf(c *backend.IMAPConn) rune {
+	l, err := c.List("", "", nil).Collect()
+	if err != nil || len(l) == 0 || l[0].Delim == 0 {
+		return '/'
+	}
+	return l[0].Delim
+}
+
+// mapFor returns the map entry of mailbox, creating the map when the
+// mailbox first leaves state old: frozen at old's UIDNEXT (identity with
+// old's UIDs), or, without an old side, at 1.
+func (s *imapSession) mapFor(ctx context.Context, mailbox string) (*store.MapEntry, error) {
+	e, err := s.srv.opts.Maps.Get(ctx, s.route.User, mailbox)
+	if err != nil {
+		return nil, err
+	}
+	e.Lock()
+	defer e.Unlock()
+	if e.M != nil {
+		return e, nil
+	}
+	var m *store.Map
+	if s.oldUp != nil {
+		st, err := s.oldUp.Status(mailbox, &imap.StatusOptions{UIDNext: true, UIDValidity: true}).Wait()
+		switch {
+		case err == nil:
+			m = store.NewMap(st.UIDValidity, store.UID(st.UIDNext))
+		case !isNonExistent(err):
+			return nil, s.checkOld(err)
+		}
+	}
+	if m == nil {
+		// A folder that exists only in new (made during the migration):
+		// its virtual UIDs start at 1 under a UIDVALIDITY of our own.
+		m = store.NewMap(uint32(time.Now().Unix()), 1)
+	}
+	e.M = m
+	if err := s.srv.opts.Maps.Save(ctx, e, nil); err != nil {
+		e.M = nil
+		return nil, err
+	}
+	return e, nil
+}
+
+// selectVirtual opens mailbox on both sides and builds the view.
+func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.SelectData, error) {
+	ctx := context.Background()
+	v := &vmail{s: s, mailbox: mailbox, readOnly: readOnly}
+	var oldSel *imap.SelectData
+	if s.oldUp != nil {
+		var err error
+		// EXAMINE: old is only ever read (invariant 4).
+		oldSel, err = s.oldUp.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+		if err != nil {
+			return nil, s.checkOld(err)
+		}
+		v.old = &vside{name: "old", c: s.oldUp, mailbox: mailbox}
+	}
+	newMbox := s.newName(mailbox)
+	newSel, err := s.newUp.Select(newMbox, &imap.SelectOptions{ReadOnly: readOnly}).Wait()
+	if err != nil && oldSel != nil && isNonExistent(err) {
+		// The folder exists in old only: make it in new (folder map).
+		if cerr := s.newUp.Create(newMbox, nil).Wait(); cerr != nil {
+			return nil, s.checkNew(cerr)
+		}
+		newSel, err = s.newUp.Select(newMbox, &imap.SelectOptions{ReadOnly: readOnly}).Wait()
+	}
+	if err != nil {
+		return nil, s.checkNew(err)
+	}
+	v.new = &vside{name: "new", c: s.newUp, mailbox: newMbox}
+	if v.entry, err = s.mapFor(ctx, mailbox); err != nil {
+		return nil, err
+	}
+	if err := v.refresh(ctx); err != nil {
+		return nil, err
+	}
+	v.entry.Lock()
+	data := &imap.SelectData{
+		Flags:          newSel.Flags,
+		PermanentFlags: newSel.PermanentFlags,
+		NumMessages:    uint32(len(v.view)),
+		UIDValidity:    v.entry.M.UIDValidity,
+		UIDNext:        imap.UID(v.entry.M.Next),
+	}
+	v.entry.Unlock()
+	if readOnly {
+		data.PermanentFlags = nil
+	}
+	if oldSel != nil {
+		data.Flags = unionFlags(oldSel.Flags, newSel.Flags)
+	}
+	s.vm = v
+	return data, nil
+}
+
+func isNonExistent(err error) bool {
+	var imapErr *imap.Error
+	return errors.As(err, &imapErr) && (imapErr.Code == imap.ResponseCodeNonExistent || imapErr.Code == imap.ResponseCodeTryCreate ||
+		strings.Contains(strings.ToLower(imapErr.Text), "doesn't exist"))
+}
+
+func unionFlags(a, b []imap.Flag) []imap.Flag {
+	out := slices.Clone(a)
+	for _, f := range b {
+		if !slices.ContainsFunc(out, func(g imap.Flag) bool { return strings.EqualFold(string(f), string(g)) }) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// refresh re-reads both sides' UID lists and recomputes view, assigning
+// virtual UIDs to messages seen for the first time. It does not tell the
+// client: see resync.
+func (v *vmail) refresh(ctx context.Context) error {
+	var oldUIDs []store.UID
+	if v.old != nil {
+		var err error
+		if oldUIDs, err = v.old.searchAll(); err != nil {
+			return v.s.checkOld(err)
+		}
+	}
+	newUIDs, err := v.new.searchAll()
+	if err != nil {
+		return v.s.checkNew(err)
+	}
+	v.entry.Lock()
+	defer v.entry.Unlock()
+	m := v.entry.M
+	before := m.Next
+	changed := false
+	var view []store.UID
+	for _, n := range newUIDs {
+		vu, ok := m.ByNew(n)
+		if !ok {
+			vu = m.AddNew(n)
+			changed = true
+		}
+		view = append(view, vu)
+	}
+	for _, o := range oldUIDs {
+		vu, ok := m.ByOld(o)
+		if !ok {
+			if o < m.Frozen {
+				continue // expunged by the user during migrating
+			}
+			vu = m.AddOld(o)
+			changed = true
+		}
+		if m.IsGone(vu) {
+			continue
+		}
+		if _, n, _ := m.Lookup(vu); n != 0 {
+			continue // copied: new holds it (and says whether it still exists)
+		}
+		view = append(view, vu)
+	}
+	slices.Sort(view)
+	view = slices.Compact(view)
+	if changed || m.Next != before {
+		if err := v.s.srv.opts.Maps.Save(ctx, v.entry, nil); err != nil {
+			return err
+		}
+	}
+	if v.old != nil {
+		v.old.uids = oldUIDs
+	}
+	v.new.uids = newUIDs
+	v.view = view
+	return nil
+}
+
+// resync refreshes and tells the client what changed: EXPUNGE for
+// messages gone (highest sequence first), then EXISTS.
+func (v *vmail) resync(w *imapserver.UpdateWriter) error {
+	prev := v.view
+	if err := v.refresh(context.Background()); err != nil {
+		return err
+	}
+	v.dirty = false
+	cur := v.view
+	// Expunges, from the highest sequence down so earlier numbers hold.
+	for i := len(prev) - 1; i >= 0; i-- {
+		if _, ok := slices.BinarySearch(cur, prev[i]); !ok {
+			if err := w.WriteExpunge(uint32(i + 1)); err != nil {
+				return err
+			}
+		}
+	}
+	// Virtual UIDs only grow, so what is new sorts after what stays.
+	kept := 0
+	for _, u := range prev {
+		if _, ok := slices.BinarySearch(cur, u); ok {
+			kept++
+		}
+	}
+	if len(cur) != kept || len(prev) != kept {
+		return w.WriteNumMessages(uint32(len(cur)))
+	}
+	return nil
+}
+
+// seqOf is the client's sequence number of virtual UID u, or 0.
+func (v *vmail) seqOf(u store.UID) uint32 {
+	i, ok := slices.BinarySearch(v.view, u)
+	if !ok {
+		return 0
+	}
+	return uint32(i + 1)
+}
+
+// resolve turns a client's sequence or UID set into virtual UIDs, in
+// ascending order; "*" is the last message.
+func (v *vmail) resolve(numSet imap.NumSet) []store.UID {
+	var out []store.UID
+	switch set := numSet.(type) {
+	case imap.SeqSet:
+		n := uint32(len(v.view))
+		for _, r := range set {
+			lo, hi := starOr(r.Start, n), starOr(r.Stop, n)
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			for seq := lo; seq <= hi && seq <= n; seq++ {
+				if seq >= 1 {
+					out = append(out, v.view[seq-1])
+				}
+			}
+		}
+	case imap.UIDSet:
+		var max uint32
+		if len(v.view) > 0 {
+			max = v.view[len(v.view)-1]
+		}
+		for _, r := range set {
+			lo, hi := starOr(uint32(r.Start), max), starOr(uint32(r.Stop), max)
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			i, _ := slices.BinarySearch(v.view, lo)
+			for ; i < len(v.view) && v.view[i] <= hi; i++ {
+				out = append(out, v.view[i])
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func starOr(n, star uint32) uint32 {
+	if n == 0 {
+		return star
+	}
+	return n
+}
+
+// split sorts virtual UIDs by the side that serves them: new when the
+// message was copied, old otherwise. The maps go side UID -> virtual.
+func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
+	oldU, newU = map[store.UID]store.UID{}, map[store.UID]store.UID{}
+	v.entry.Lock()
+	defer v.entry.Unlock()
+	for _, u := range vs {
+		o, n, ok := v.entry.M.Lookup(u)
+		switch {
+		case !ok:
+		case n != 0:
+			newU[n] = u
+		case o != 0 && v.old != nil:
+			oldU[o] = u
+		}
+	}
+	return oldU, newU
+}
+
+func uidSetOf(m map[store.UID]store.UID) imap.UIDSet {
+	var s imap.UIDSet
+	for u := range m {
+		s.AddNum(imap.UID(u))
+	}
+	return s
+}
+
+// fetch implements FETCH on the view: each side is asked for its
+// messages by UID and the answers are renumbered.
+func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
+	oldU, newU := v.split(v.resolve(numSet))
+	opts := *options
+	opts.UID = true
+	for _, part := range []struct {
+		sd   *vside
+		uids map[store.UID]store.UID
+	}{{v.old, oldU}, {v.new, newU}} {
+		if len(part.uids) == 0 {
+			continue
+		}
+		cmd := part.sd.c.Fetch(uidSetOf(part.uids), &opts)
+		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+			var vu store.UID
+			if int(msg.SeqNum) <= len(part.sd.uids) && msg.SeqNum > 0 {
+				vu = part.uids[part.sd.uids[msg.SeqNum-1]]
+			}
+			seq := v.seqOf(vu)
+			if seq == 0 {
+				// Not a message we asked for (an unsolicited flag change
+				// routed here): skip it whole.
+				msg.Collect()
+				continue
+			}
+			if err := v.s.relayMessageAs(w, msg, options, seq, vu); err != nil {
+				part.sd.c.Close()
+				cmd.Close()
+				return err
+			}
+		}
+		if err := cmd.Close(); err != nil {
+			return v.s.check(err)
+		}
+	}
+	return nil
+}
+
+// ensureCopied copies every old-only message of vs to new (a write is
+// about to act on it) and returns the new UIDs, virtual -> new.
+func (v *vmail) ensureCopied(ctx context.Context, vs []store.UID) (map[store.UID]store.UID, error) {
+	oldU, newU := v.split(vs)
+	out := map[store.UID]store.UID{}
+	for n, u := range newU {
+		out[u] = n
+	}
+	if len(oldU) == 0 {
+		return out, nil
+	}
+	olds := make([]store.UID, 0, len(oldU))
+	for o := range oldU {
+		olds = append(olds, o)
+	}
+	slices.Sort(olds)
+	for _, o := range olds {
+		u := oldU[o]
+		n, err := v.s.srv.opts.Copier.CopyToNew(ctx, v.old.c, v.new.c, v.entry, v.s.srv.opts.Maps, v.new.mailbox, u, o)
+		if err != nil {
+			return nil, fmt.Errorf("copy of message %d to the new provider: %w", u, err)
+		}
+		out[u] = n
+		v.new.uids = append(v.new.uids, n)
+		slices.Sort(v.new.uids)
+	}
+	return out, nil
+}
+
+func (v *vmail) store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	if v.readOnly {
+		return errReadOnly
+	}
+	ctx := context.Background()
+	vs := v.resolve(numSet)
+	byV, err := v.ensureCopied(ctx, vs)
+	if err != nil {
+		return err
+	}
+	if len(byV) == 0 {
+		return nil
+	}
+	rev := map[store.UID]store.UID{}
+	var set imap.UIDSet
+	for u, n := range byV {
+		rev[n] = u
+		set.AddNum(imap.UID(n))
+	}
+	cmd := v.new.c.Store(set, flags, options)
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		buf, err := msg.Collect()
+		if err != nil {
+			cmd.Close()
+			return v.s.check(err)
+		}
+		u := rev[store.UID(buf.UID)]
+		if u == 0 && int(buf.SeqNum) <= len(v.new.uids) && buf.SeqNum > 0 {
+			u = rev[v.new.uids[buf.SeqNum-1]]
+		}
+		seq := v.seqOf(u)
+		if seq == 0 || buf.Flags == nil {
+			continue
+		}
+		rw := w.CreateMessage(seq)
+		rw.WriteUID(imap.UID(u))
+		rw.WriteFlags(buf.Flags)
+		if err := rw.Close(); err != nil {
+			cmd.Close()
+			return err
+		}
+	}
+	return v.s.check(cmd.Close())
+}
+
+// expunge removes the view's \Deleted messages (in new; old-only messages
+// cannot carry a \Deleted set through the gateway) and records them gone.
+func (v *vmail) expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	if v.readOnly {
+		return errReadOnly
+	}
+	res, err := v.new.c.UIDSearch(&imap.SearchCriteria{Flag: []imap.Flag{imap.FlagDeleted}}, nil).Wait()
+	if err != nil {
+		return v.s.check(err)
+	}
+	var target imap.UIDSet
+	var gone []store.UID
+	v.entry.Lock()
+	for _, n := range res.AllUIDs() {
+		u, ok := v.entry.M.ByNew(store.UID(n))
+		if !ok || (uids != nil && !uids.Contains(imap.UID(u))) {
+			continue
+		}
+		target.AddNum(n)
+		gone = append(gone, u)
+	}
+	v.entry.Unlock()
+	if len(gone) == 0 {
+		return nil
+	}
+	return v.remove(target, gone, func(seq uint32) error { return w.WriteExpunge(seq) })
+}
+
+// remove UID EXPUNGEs target in new, marks the virtual UIDs gone in the
+// map and tells the client, highest sequence first.
+func (v *vmail) remove(target imap.UIDSet, gone []store.UID, tell func(seq uint32) error) error {
+	ctx := context.Background()
+	v.entry.Lock()
+	for _, u := range gone {
+		v.entry.M.Expunge(u)
+	}
+	err := v.s.srv.opts.Maps.Save(ctx, v.entry, nil)
+	v.entry.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := v.new.c.UIDExpunge(target).Close(); err != nil {
+		return v.s.check(err)
+	}
+	slices.Sort(gone)
+	for i := len(gone) - 1; i >= 0; i-- {
+		seq := v.seqOf(gone[i])
+		if seq == 0 {
+			continue
+		}
+		v.view = slices.Delete(v.view, int(seq-1), int(seq))
+		if err := tell(seq); err != nil {
+			return err
+		}
+	}
+	if nu, err := v.new.searchAll(); err == nil {
+		v.new.uids = nu
+	}
+	return nil
+}
+
+// copyTo copies messages to dest (a client name) in new, giving them
+// virtual UIDs in dest's map.
+func (v *vmail) copyTo(numSet imap.NumSet, dest string) (*imap.CopyData, []store.UID, imap.UIDSet, error) {
+	ctx := context.Background()
+	vs := v.resolve(numSet)
+	byV, err := v.ensureCopied(ctx, vs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(byV) == 0 {
+		return nil, nil, nil, nil
+	}
+	src := make([]store.UID, 0, len(byV))
+	for u := range byV {
+		src = append(src, u)
+	}
+	slices.Sort(src)
+	var set imap.UIDSet
+	for _, u := range src {
+		set.AddNum(imap.UID(byV[u]))
+	}
+	destEntry, err := v.s.mapFor(ctx, dest)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	data, err := v.new.c.Copy(set, v.s.newName(dest)).Wait()
+	if err != nil {
+		return nil, nil, nil, v.s.check(err)
+	}
+	var out *imap.CopyData
+	if data != nil && data.DestUIDs != nil {
+		srcN, _ := data.SourceUIDs.Nums()
+		dstN, _ := data.DestUIDs.Nums()
+		destEntry.Lock()
+		var vsrc, vdst imap.UIDSet
+		for i := range srcN {
+			if i >= len(dstN) {
+				break
+			}
+			du := destEntry.M.AddNew(store.UID(dstN[i]))
+			vdst.AddNum(imap.UID(du))
+			vsrc.AddNum(imap.UID(v.viewOfNew(store.UID(srcN[i]))))
+		}
+		err := v.s.srv.opts.Maps.Save(ctx, destEntry, nil)
+		out = &imap.CopyData{UIDValidity: destEntry.M.UIDValidity, SourceUIDs: vsrc, DestUIDs: vdst}
+		destEntry.Unlock()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return out, src, set, nil
+}
+
+func (v *vmail) viewOfNew(n store.UID) store.UID {
+	v.entry.Lock()
+	defer v.entry.Unlock()
+	u, _ := v.entry.M.ByNew(n)
+	return u
+}
+
+// search evaluates criteria on each side (sequence and UID sets
+// translated to that side's UIDs) and merges the answers in virtual terms.
+func (v *vmail) search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	all := v.view
+	var hits []store.UID
+	for _, sd := range []*vside{v.old, v.new} {
+		if sd == nil {
+			continue
+		}
+		oldU, newU := v.split(all)
+		serves := newU
+		if sd == v.old {
+			serves = oldU
+		}
+		if len(serves) == 0 {
+			continue
+		}
+		toSide := map[store.UID]store.UID{}
+		for su, vu := range serves {
+			toSide[vu] = su
+		}
+		c := v.translate(*criteria, toSide)
+		// Restrict to the messages this side serves for the view.
+		c.UID = append(c.UID, uidSetOf(serves))
+		res, err := sd.c.UIDSearch(&c, nil).Wait()
+		if err != nil {
+			return nil, v.s.check(err)
+		}
+		for _, su := range res.AllUIDs() {
+			if vu, ok := serves[store.UID(su)]; ok {
+				hits = append(hits, vu)
+			}
+		}
+	}
+	slices.Sort(hits)
+	data := &imap.SearchData{}
+	if kind == imapserver.NumKindUID {
+		var set imap.UIDSet
+		for _, u := range hits {
+			set.AddNum(imap.UID(u))
+		}
+		data.All = set
+	} else {
+		var set imap.SeqSet
+		for _, u := range hits {
+			set.AddNum(v.seqOf(u))
+		}
+		data.All = set
+	}
+	fillESearch(data, kind)
+	return data, nil
+}
+
+// translate rewrites the client's sequence and UID sets into one side's
+// UIDs (toSide: virtual -> side UID), recursively.
+func (v *vmail) translate(c imap.SearchCriteria, toSide map[store.UID]store.UID) imap.SearchCriteria {
+	conv := func(vs []store.UID) imap.UIDSet {
+		var s imap.UIDSet
+		for _, u := range vs {
+			if su, ok := toSide[u]; ok {
+				s.AddNum(imap.UID(su))
+			}
+		}
+		if len(s) == 0 {
+			s.AddNum(imap.UID(^uint32(0) - 1)) // matches nothing
+		}
+		return s
+	}
+	var uids []imap.UIDSet
+	for _, s := range c.SeqNum {
+		uids = append(uids, conv(v.resolve(s)))
+	}
+	for _, s := range c.UID {
+		uids = append(uids, conv(v.resolve(s)))
+	}
+	c.SeqNum, c.UID = nil, uids
+	if len(c.Not) > 0 {
+		not := make([]imap.SearchCriteria, len(c.Not))
+		for i := range c.Not {
+			not[i] = v.translate(c.Not[i], toSide)
+		}
+		c.Not = not
+	}
+	if len(c.Or) > 0 {
+		or := make([][2]imap.SearchCriteria, len(c.Or))
+		for i := range c.Or {
+			or[i] = [2]imap.SearchCriteria{v.translate(c.Or[i][0], toSide), v.translate(c.Or[i][1], toSide)}
+		}
+		c.Or = or
+	}
+	return c
+}
+
+// relayMessageAs relays one upstream FETCH response under the client's
+// sequence number seq and virtual UID u.
+func (s *imapSession) relayMessageAs(w *imapserver.FetchWriter, msg *imapclient.FetchMessageData, options *imap.FetchOptions, seq uint32, u store.UID) error {
+	rw := w.CreateMessage(seq)
+	rw.WriteUID(imap.UID(u))
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		if _, isUID := item.(imapclient.FetchItemDataUID); isUID {
+			continue
+		}
+		if err := relayItem(rw, item, options); err != nil {
+			return err
+		}
+	}
+	return rw.Close()
+}
+
+// appendVirtual appends to new and gives the message the next virtual UID.
+func (s *imapSession) appendVirtual(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	ctx := context.Background()
+	entry, err := s.mapFor(ctx, mailbox)
+	if err != nil {
+		return nil, err
+	}
+	cmd := s.newUp.Append(s.newName(mailbox), r.Size(), options)
+	n, copyErr := io.Copy(cmd, r)
+	if copyErr == nil && n != r.Size() {
+		copyErr = io.ErrUnexpectedEOF
+	}
+	if copyErr != nil {
+		s.newUp.Close()
+		cmd.Close()
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "APPEND aborted: message incomplete, nothing stored"}
+	}
+	if err := cmd.Close(); err != nil {
+		return nil, s.checkNew(err)
+	}
+	data, err := cmd.Wait()
+	if err != nil {
+		return nil, s.checkNew(err)
+	}
+	if data.UID == 0 {
+		// Without APPENDUID the next refresh finds the message anyway.
+		return &imap.AppendData{}, nil
+	}
+	entry.Lock()
+	defer entry.Unlock()
+	u := entry.M.AddNew(store.UID(data.UID))
+	if err := s.srv.opts.Maps.Save(ctx, entry, nil); err != nil {
+		return nil, err
+	}
+	return &imap.AppendData{UID: imap.UID(u), UIDValidity: entry.M.UIDValidity}, nil
+}
+
+// statusVirtual answers STATUS from the view of mailbox.
+func (s *imapSession) statusVirtual(mailbox string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	ctx := context.Background()
+	v := &vmail{s: s, mailbox: mailbox}
+	if s.oldUp != nil {
+		// STATUS on old needs no SELECT; the lists need one: use a
+		// throw-away view only when counts are asked.
+		v.old = &vside{name: "old", c: s.oldUp, mailbox: mailbox}
+	}
+	v.new = &vside{name: "new", c: s.newUp, mailbox: s.newName(mailbox)}
+	entry, err := s.mapFor(ctx, mailbox)
+	if err != nil {
+		return nil, err
+	}
+	v.entry = entry
+	data := &imap.StatusData{Mailbox: mailbox}
+	entry.Lock()
+	data.UIDValidity, data.UIDNext = entry.M.UIDValidity, imap.UID(entry.M.Next)
+	entry.Unlock()
+	if options.NumMessages || options.NumUnseen || options.NumRecent || options.NumDeleted || options.Size {
+		// Counting needs each side's UID lists: EXAMINE both (old is
+		// read-only anyway), then restore the selected mailbox.
+		if err := s.withExamined(v, func() error { return v.refresh(ctx) }); err != nil {
+			return nil, err
+		}
+		n := uint32(len(v.view))
+		var zero uint32
+		data.NumMessages, data.NumRecent = &n, &zero
+		if options.NumUnseen || options.NumDeleted {
+			var unseen, deleted uint32
+			err := s.withExamined(v, func() error {
+				res, err := v.search(imapserver.NumKindUID, &imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}}, nil)
+				if err != nil {
+					return err
+				}
+				unseen = res.Count
+				res, err = v.search(imapserver.NumKindUID, &imap.SearchCriteria{Flag: []imap.Flag{imap.FlagDeleted}}, nil)
+				deleted = res.Count
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			data.NumUnseen, data.NumDeleted = &unseen, &deleted
+		}
+		if options.Size {
+			var size int64
+			data.Size = &size
+		}
+	}
+	if options.AppendLimit {
+		l := s.AppendLimit()
+		data.AppendLimit = &l
+	}
+	return data, nil
+}
+
+// withExamined runs f with v's mailbox EXAMINEd on both sides, then puts
+// back the session's selected mailbox, if any.
+func (s *imapSession) withExamined(v *vmail, f func() error) error {
+	for _, sd := range []*vside{v.old, v.new} {
+		if sd == nil {
+			continue
+		}
+		if _, err := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+			return s.check(err)
+		}
+	}
+	err := f()
+	if cur := s.vm; cur != nil {
+		for _, sd := range []*vside{cur.old, cur.new} {
+			if sd == nil {
+				continue
+			}
+			ro := sd == cur.old || cur.readOnly
+			if _, rerr := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: ro}).Wait(); rerr != nil && err == nil {
+				err = s.check(rerr)
+			}
+		}
+	} else {
+		for _, sd := range []*vside{v.old, v.new} {
+			if sd != nil {
+				sd.c.Unselect().Wait()
+			}
+		}
+	}
+	return err
+}
