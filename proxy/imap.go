@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -45,8 +44,7 @@ type IMAPServer struct {
 	srv    *imapserver.Server
 	nextID atomic.Uint64
 
-	pinKey [32]byte   // random per process: keys the pinned-password cache
-	pinned gosync.Map // lower-cased user -> HMAC of the password last pinned
+	auth *authn
 
 	mu       gosync.Mutex
 	sessions map[*imapSession]struct{}
@@ -60,7 +58,7 @@ func NewIMAP(opts Options) *IMAPServer {
 		opts.Limiter = NewAuthLimiter()
 	}
 	s := &IMAPServer{opts: opts, sessions: make(map[*imapSession]struct{})}
-	rand.Read(s.pinKey[:])
+	s.auth = newAuthn(&opts)
 	s.srv = imapserver.New(&imapserver.Options{
 		NewSession: s.newSession,
 		Caps:       IMAPCaps,

@@ -177,7 +177,7 @@ func (s *imapSession) Login(username, password string) error {
 	if route.State == config.StateOld && route.New != nil && route.Old.Config().Auth == config.AuthPassthrough {
 		// The domain will move: pin a verifier of the password old accepts
 		// now, so the member keeps it after old is gone.
-		s.pinVerifier(context.Background(), username, password)
+		s.srv.auth.pin(context.Background(), username, password)
 	}
 	s.route, s.password, s.up, s.log, s.state = route, password, up, log, route.State
 	if r := s.srv.opts.Router; r != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	gosmtp "github.com/emersion/go-smtp"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
@@ -35,6 +38,8 @@ type migration struct {
 	st       store.Store
 	maps     *store.MapCache
 	domain   string
+	opts     Options
+	ca       *certs.TestCA
 }
 
 func startMigration(t *testing.T, users ...string) *migration {
@@ -50,8 +55,8 @@ func startMigration(t *testing.T, users ...string) *migration {
 	cfg := &config.Config{
 		Server: config.Server{Hostname: "localhost"},
 		Providers: map[string]*config.Provider{
-			"old": {IMAP: "imaps://" + old.IMAPSAddr, Auth: config.AuthPassthrough, CA: old.CAFile},
-			"new": {IMAP: "imaps://" + nw.IMAPSAddr, Auth: config.AuthMaster, CA: nw.CAFile,
+			"old": {IMAP: "imaps://" + old.IMAPSAddr, SMTP: "smtps://" + old.SubmissionAddr, Auth: config.AuthPassthrough, CA: old.CAFile},
+			"new": {IMAP: "imaps://" + nw.IMAPSAddr, SMTP: "smtps://" + nw.SubmissionAddr, Auth: config.AuthMaster, CA: nw.CAFile,
 				MasterUser: nw.MasterUser, MasterPasswordFile: masterFile, MasterStyle: config.MasterStyleSASL},
 		},
 		Domains: map[string]*config.Domain{domain: {Old: "old", New: "new", State: config.StateOld}},
@@ -76,10 +81,12 @@ func startMigration(t *testing.T, users ...string) *migration {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var opts Options
 	gw := startGatewayOpts(t, ca, cfg, func(o *Options) {
 		o.Router, o.Maps, o.Copier = router, maps, sync.Copier{}
+		opts = *o
 	})
-	return &migration{old: old, new: nw, gw: gw, router: router, st: st, maps: maps, domain: domain}
+	return &migration{old: old, new: nw, gw: gw, router: router, st: st, maps: maps, domain: domain, opts: opts, ca: ca}
 }
 
 // startGatewayOpts is startTestGateway with options of the migration.
@@ -396,5 +403,63 @@ func copyAll(t *testing.T, m *migration, mailbox string) {
 		if _, err := (sync.Copier{}).CopyToNew(ctx, oldUp, newC, entry, m.maps, mailbox, v, store.UID(o)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestMigrationSMTPFollowsState: submission goes to the provider the
+// state names: old's in state old (the client's own password), new's in
+// migrating and new (new's master credentials, the client checked against
+// the verifier pinned at its last old login).
+func TestMigrationSMTPFollowsState(t *testing.T) {
+	const rcpt = "mario.rossi@pec.ordine.example"
+	m := startMigration(t, testUser, rcpt)
+	smtpSrv := NewSMTP(m.opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go smtpSrv.ServeTLS(ln)
+	t.Cleanup(func() { smtpSrv.Close() })
+	pass := m.old.Password(testUser)
+	// A first IMAP login in state old pins the verifier.
+	m.gw.login(t, testUser, pass, nil)
+
+	send := func(body []byte) error {
+		c, err := gosmtp.DialTLS(ln.Addr().String(), &tls.Config{RootCAs: m.gw.pool, ServerName: "localhost"})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.Auth(sasl.NewPlainClient("", testUser, pass)); err != nil {
+			return err
+		}
+		return c.SendMail(testUser, []string{rcpt}, bytes.NewReader(body))
+	}
+	count := func(s *dovetest.Server) uint32 {
+		c := s.Dial(t, rcpt)
+		st, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *st.NumMessages
+	}
+	if err := send(msgN(1, 800)); err != nil {
+		t.Fatalf("submission in state old: %v", err)
+	}
+	if count(m.old) != 1 || count(m.new) != 0 {
+		t.Fatalf("state old: old has %d, new has %d; want 1, 0", count(m.old), count(m.new))
+	}
+	if _, err := m.router.SetDomain(context.Background(), m.domain, config.StateMigrating, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(msgN(2, 800)); err != nil {
+		t.Fatalf("submission in state migrating: %v", err)
+	}
+	if count(m.old) != 1 || count(m.new) != 1 {
+		t.Fatalf("state migrating: old has %d, new has %d; want 1, 1", count(m.old), count(m.new))
+	}
+	subs := m.new.Submissions()
+	if len(subs) != 1 || !bytes.Equal(subs[0].Data, msgN(2, 800)) {
+		t.Fatalf("new's submission endpoint got %d messages (or other bytes)", len(subs))
 	}
 }

@@ -81,6 +81,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/config"
 )
 
 const (
@@ -146,6 +147,7 @@ type SMTPServer struct {
 	srv      *smtp.Server
 	hostname string
 	maxBytes int64 // server-level limit, advertised as SIZE
+	auth     *authn
 
 	// Timeouts of a DATA transfer, from smtpDataTimeout and
 	// smtpUpstreamIdle.
@@ -177,6 +179,7 @@ func NewSMTP(opts Options) *SMTPServer {
 	if s.opts.Limiter == nil {
 		s.opts.Limiter = NewAuthLimiter()
 	}
+	s.auth = newAuthn(&s.opts)
 	if opts.Config != nil {
 		if h := opts.Config.Server.Hostname; h != "" {
 			s.hostname = h
@@ -501,8 +504,19 @@ func (s *smtpSession) login(username, password string) error {
 		s.log.Warn("smtp auth refused", "reason", "domain not served", "user", username)
 		return errSMTPAuthFailed
 	}
-	log := s.log.With("user", username, "provider", route.Provider.Name)
-	up, err := route.Provider.LoginSMTP(s.ctx, s.srv.hostname, username, password)
+	log := s.log.With("user", username, "provider", route.Provider.Name, "state", route.State)
+	// The message goes to the submission endpoint of the provider the
+	// state names (old -> old, otherwise new), with that provider's
+	// credentials; when it does not see the client's own password, the
+	// client is checked against the pinned verifier (or old) first.
+	var err error
+	if route.State != config.StateOld && route.Provider.Config().Auth != config.AuthPassthrough {
+		err = s.srv.auth.check(s.ctx, route, username, password)
+	}
+	var up *smtp.Client
+	if err == nil {
+		up, err = route.Provider.LoginUserSMTP(s.ctx, s.srv.hostname, username, password, s.srv.opts.Secrets)
+	}
 	if err != nil {
 		if backend.IsAuthFailure(err) {
 			// err carries the provider's text; the client gets ours.
@@ -560,7 +574,7 @@ func (s *smtpSession) upstream() (*smtp.Client, error) {
 	if up != nil {
 		return up, nil
 	}
-	up, err := route.Provider.LoginSMTP(s.ctx, s.srv.hostname, user, pass.reveal())
+	up, err := route.Provider.LoginUserSMTP(s.ctx, s.srv.hostname, user, pass.reveal(), s.srv.opts.Secrets)
 	if err != nil {
 		s.log.Warn("smtp upstream redial failed", "err", err)
 		return nil, errSMTPUpstreamUnavailable

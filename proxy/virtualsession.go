@@ -2,10 +2,7 @@ package proxy
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -37,13 +34,13 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 		s.oldUp = up
 		s.oldDelim = delimOf(up)
 		if route.Old.Config().Auth == config.AuthPassthrough {
-			s.pinVerifier(ctx, username, password)
+			s.srv.auth.pin(ctx, username, password)
 		}
 	} else if route.New.Config().Auth != config.AuthPassthrough {
 		// State new, and the new provider does not see the client's own
 		// password: check it against the verifier pinned at the last
 		// successful login to old, or ask old itself while it is there.
-		if err := s.checkVerifier(ctx, route, username, password); err != nil {
+		if err := s.srv.auth.check(ctx, route, username, password); err != nil {
 			return err
 		}
 	}
@@ -571,76 +568,4 @@ func (s *imapSession) vdo(f func() error) error {
 		return err
 	}
 	return f()
-}
-
-// pinVerifier stores an argon2id verifier of a password the old provider
-// just accepted, so the user keeps logging in with it after old is gone.
-func (s *imapSession) pinVerifier(ctx context.Context, user, password string) {
-	if s.srv.opts.Maps == nil {
-		return
-	}
-	// Each process remembers an HMAC of the last password pinned per user,
-	// so repeated logins cost no argon2id computation.
-	mac := hmac.New(sha256.New, s.srv.pinKey[:])
-	mac.Write([]byte(strings.ToLower(user) + "\x00" + password))
-	sum := string(mac.Sum(nil))
-	key := strings.ToLower(user)
-	if prev, ok := s.srv.pinned.Load(key); ok && prev.(string) == sum {
-		return
-	}
-	defer s.srv.pinned.Store(key, sum)
-	st := s.srv.opts.Maps.Store()
-	var current string
-	st.View(ctx, func(tx store.Tx) error {
-		current, _ = store.GetVerifier(tx, user)
-		return nil
-	})
-	if current != "" {
-		if ok, err := store.CheckPassword(current, password); err == nil && ok {
-			return
-		}
-	}
-	phc, err := store.HashPassword(password)
-	if err != nil {
-		s.log.Warn("cannot pin verifier", "err", err)
-		return
-	}
-	if err := st.Update(ctx, func(tx store.Tx) error { return store.PutVerifier(tx, user, phc) }); err != nil {
-		s.log.Warn("cannot pin verifier", "err", err)
-	}
-}
-
-// errNoVerifier: state new, no verifier and old unreachable: refuse
-// rather than let anyone in.
-var errNoVerifier = fmt.Errorf("%w: no pinned verifier and the old provider cannot check the password", backend.ErrAuthFailed)
-
-func (s *imapSession) checkVerifier(ctx context.Context, route *Route, user, password string) error {
-	var phc string
-	s.srv.opts.Maps.Store().View(ctx, func(tx store.Tx) error {
-		phc, _ = store.GetVerifier(tx, user)
-		return nil
-	})
-	if phc != "" {
-		ok, err := store.CheckPassword(phc, password)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("%w: password does not match the pinned verifier", backend.ErrAuthFailed)
-		}
-		return nil
-	}
-	if route.Old == nil || route.Old.Config().Auth != config.AuthPassthrough {
-		return errNoVerifier
-	}
-	up, err := route.Old.LoginUser(ctx, user, password, s.srv.opts.Secrets, nil)
-	if err != nil {
-		if backend.IsAuthFailure(err) {
-			return err
-		}
-		return errNoVerifier
-	}
-	up.Logout()
-	s.pinVerifier(ctx, user, password)
-	return nil
 }

@@ -223,8 +223,19 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 // authenticate checks username and password against this server's users.
-// An authorization identity other than the user itself is refused.
+// The master user may act for a user as Dovecot's IMAP allows: PLAIN with
+// the user as authorization identity, or "user*master" as username. Any
+// other authorization identity is refused.
 func (ss *session) authenticate(identity, username, password string) error {
+	if user, master, ok := strings.Cut(username, "*"); ok && identity == "" {
+		identity, username = user, master
+	}
+	if identity != "" && identity != username && username == ss.s.MasterUser && ss.s.Password(identity) != "" &&
+		subtle.ConstantTimeCompare([]byte(ss.s.MasterPassword), []byte(password)) == 1 {
+		ss.user = identity
+		ss.logf("master auth ok for %q", identity)
+		return nil
+	}
 	want := ss.s.Password(username)
 	if (identity != "" && identity != username) || want == "" ||
 		subtle.ConstantTimeCompare([]byte(want), []byte(password)) != 1 {
