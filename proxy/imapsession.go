@@ -44,8 +44,9 @@ type imapSession struct {
 	// States migrating and new (virtual mode): oldUp is nil in state new.
 	oldUp, newUp       *backend.IMAPConn
 	oldDelim, newDelim rune
-	vm                 *vmail // the selected mailbox's view
-	state              string // the state the session serves
+	roleNew, roleOld   map[string]string // special-use pairs: old name <-> new name
+	vm                 *vmail            // the selected mailbox's view
+	state              string            // the state the session serves
 	flips              <-chan struct{}
 	unsubscribe        func()
 	readOnly           bool

@@ -46,6 +46,13 @@ func startMigration(t *testing.T, users ...string) *migration {
 	t.Helper()
 	dovetest.Require(t)
 	old, nw := dovetest.StartPair(t, users...)
+	return migrationOn(t, old, nw, users[0])
+}
+
+// migrationOn puts a gateway in front of given old and new servers.
+func migrationOn(t *testing.T, old, nw *dovetest.Server, firstUser string) *migration {
+	t.Helper()
+	users := []string{firstUser}
 	dir := t.TempDir()
 	masterFile := filepath.Join(dir, "new.master")
 	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
@@ -461,5 +468,72 @@ func TestMigrationSMTPFollowsState(t *testing.T) {
 	subs := m.new.Submissions()
 	if len(subs) != 1 || !bytes.Equal(subs[0].Data, msgN(2, 800)) {
 		t.Fatalf("new's submission endpoint got %d messages (or other bytes)", len(subs))
+	}
+}
+
+// TestMigrationFolderMap: the client keeps old's folder names, delimiter
+// and roles; \Sent on old ("Posta inviata", '.') is \Sent on new ("Sent",
+// '/'), and other folders map by name with the delimiter converted.
+func TestMigrationFolderMap(t *testing.T) {
+	dovetest.Require(t)
+	old := dovetest.Start(t, dovetest.Options{Name: "old", Users: []dovetest.User{{Address: testUser, Password: "old-pw"}},
+		Delimiter: ".", SpecialUse: map[string]string{`\Sent`: "Posta inviata", `\Trash`: "Cestino"}})
+	nw := dovetest.Start(t, dovetest.Options{Name: "new", Users: []dovetest.User{{Address: testUser, Password: "new-pw"}},
+		Delimiter: "/", SpecialUse: map[string]string{`\Sent`: "Sent", `\Trash`: "Trash"}})
+	old.SeedMaildir(t, testUser, []dovetest.SeedMessage{
+		{Mailbox: "INBOX", Body: msgN(1, 300)},
+		{Mailbox: "Posta inviata", Body: msgN(2, 300), Flags: []string{`\Seen`}},
+		{Mailbox: "Posta inviata", Body: msgN(3, 300), Flags: []string{`\Seen`}},
+		{Mailbox: "Pratiche.Città", Body: msgN(4, 300)},
+	})
+	m := migrationOn(t, old, nw, testUser)
+	if _, err := m.router.SetDomain(context.Background(), m.domain, config.StateMigrating, false); err != nil {
+		t.Fatal(err)
+	}
+	c := m.gw.login(t, testUser, "old-pw", nil)
+	names := func() map[string]rune {
+		list, err := c.List("", "*", nil).Collect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]rune{}
+		for _, l := range list {
+			out[l.Mailbox] = l.Delim
+		}
+		return out
+	}
+	got := names()
+	for _, want := range []string{"INBOX", "Posta inviata", "Pratiche.Città", "Cestino"} {
+		if d, ok := got[want]; !ok || d != '.' {
+			t.Errorf("LIST in migrating: %q with delimiter %q missing (%v)", want, d, got)
+		}
+	}
+	for _, unwanted := range []string{"Sent", "Trash", "Pratiche/Città"} {
+		if _, ok := got[unwanted]; ok {
+			t.Errorf("LIST in migrating shows new's own name %q", unwanted)
+		}
+	}
+	sent := []byte("From: giulia\r\nSubject: inviata\r\n\r\nciao\r\n")
+	ap := c.Append("Posta inviata", int64(len(sent)), &imap.AppendOptions{Flags: []imap.Flag{imap.FlagSeen}})
+	ap.Write(sent)
+	ap.Close()
+	if _, err := ap.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("Posta inviata", nil).Wait()
+	if err != nil || sel.NumMessages != 3 {
+		t.Fatalf("Posta inviata in migrating: %v %+v", err, sel)
+	}
+	sel, err = c.Select("Pratiche.Città", nil).Wait()
+	if err != nil || sel.NumMessages != 1 {
+		t.Fatalf("Pratiche.Città in migrating: %v %+v", err, sel)
+	}
+	direct := nw.Dial(t, testUser)
+	st, err := direct.Status("Sent", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil || *st.NumMessages != 1 {
+		t.Fatalf("new's Sent should hold the appended message: %v %+v", err, st)
+	}
+	if _, err := direct.Status("Pratiche/Città", &imap.StatusOptions{NumMessages: true}).Wait(); err != nil {
+		t.Fatalf("Pratiche/Città not made in new: %v", err)
 	}
 }

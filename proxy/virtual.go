@@ -72,9 +72,13 @@ func (sd *vside) searchAll() ([]store.UID, error) {
 	return out, nil
 }
 
-// newName maps a client (old) mailbox name to the new provider's,
-// converting the hierarchy delimiter.
+// newName maps a client (old) mailbox name to the new provider's: by
+// special-use role first (old's \Sent is new's \Sent, whatever each calls
+// it), then by name with the hierarchy delimiter converted.
 func (s *imapSession) newName(mailbox string) string {
+	if n, ok := s.roleNew[mailbox]; ok {
+		return n
+	}
 	if s.oldDelim == 0 || s.newDelim == 0 || s.oldDelim == s.newDelim || strings.EqualFold(mailbox, "INBOX") {
 		return mailbox
 	}
@@ -83,6 +87,9 @@ func (s *imapSession) newName(mailbox string) string {
 
 // oldName maps a new provider's name back to the client's.
 func (s *imapSession) oldName(mailbox string) string {
+	if o, ok := s.roleOld[mailbox]; ok {
+		return o
+	}
 	if s.oldDelim == 0 || s.newDelim == 0 || s.oldDelim == s.newDelim {
 		return mailbox
 	}
@@ -840,4 +847,84 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 		}
 	}
 	return err
+}
+
+// specialUse are the roles mapped between providers (RFC 6154).
+var specialUse = []imap.MailboxAttr{imap.MailboxAttrSent, imap.MailboxAttrDrafts, imap.MailboxAttrTrash,
+	imap.MailboxAttrJunk, imap.MailboxAttrArchive}
+
+// mapRoles pairs old's and new's special-use folders by role and records
+// the pairs in the user's folder map.
+func (s *imapSession) mapRoles(ctx context.Context) {
+	s.roleNew, s.roleOld = map[string]string{}, map[string]string{}
+	if s.oldUp == nil {
+		// State new: the pairs recorded while old was there still hold.
+		st := s.srv.opts.Maps.Store()
+		st.View(ctx, func(tx store.Tx) error {
+			fm, err := store.GetFolderMap(tx, s.route.User)
+			if err != nil {
+				return nil
+			}
+			for _, f := range fm.Folders {
+				if f.SpecialUse != "" && f.New != "" {
+					s.roleNew[f.Old], s.roleOld[f.New] = f.New, f.Old
+				}
+			}
+			return nil
+		})
+		return
+	}
+	roles := func(c *backend.IMAPConn) map[imap.MailboxAttr]string {
+		out := map[imap.MailboxAttr]string{}
+		list, err := c.List("", "*", &imap.ListOptions{ReturnSpecialUse: true}).Collect()
+		if err != nil {
+			return out
+		}
+		for _, l := range list {
+			for _, a := range l.Attrs {
+				if slices.Contains(specialUse, a) {
+					if _, dup := out[a]; !dup {
+						out[a] = l.Mailbox
+					}
+				}
+			}
+		}
+		return out
+	}
+	oldRoles, newRoles := roles(s.oldUp), roles(s.newUp)
+	var pairs []store.Folder
+	for _, a := range specialUse {
+		o, n := oldRoles[a], newRoles[a]
+		if o == "" || n == "" {
+			continue
+		}
+		s.roleNew[o], s.roleOld[n] = n, o
+		pairs = append(pairs, store.Folder{Old: o, New: n, SpecialUse: string(a)})
+	}
+	if len(pairs) == 0 {
+		return
+	}
+	err := s.srv.opts.Maps.Store().Update(ctx, func(tx store.Tx) error {
+		fm, err := store.GetFolderMap(tx, s.route.User)
+		if errors.Is(err, store.ErrNotFound) {
+			fm, err = &store.FolderMap{OldDelim: string(s.oldDelim), NewDelim: string(s.newDelim)}, nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, p := range pairs {
+			if i := slices.IndexFunc(fm.Folders, func(f store.Folder) bool { return f.Old == p.Old }); i >= 0 {
+				if fm.Folders[i].New == "" && !fm.Folders[i].Created {
+					continue // deleted by the user
+				}
+				fm.Folders[i] = p
+			} else {
+				fm.Folders = append(fm.Folders, p)
+			}
+		}
+		return store.PutFolderMap(tx, s.route.User, fm)
+	})
+	if err != nil {
+		s.log.Warn("cannot record the folder map", "err", err)
+	}
 }

@@ -58,6 +58,8 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 		s.oldDelim = s.newDelim
 	}
 	s.state = route.State
+	s.route = route
+	s.mapRoles(ctx)
 	return nil
 }
 
@@ -177,6 +179,7 @@ func (s *imapSession) checkFlip() {
 		s.oldUp, s.up, s.newUp = s.up, nil, up
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
+		s.mapRoles(ctx)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
 			if _, err := s.selectVirtual(s.selected, s.readOnly); err != nil {
