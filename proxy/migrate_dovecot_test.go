@@ -236,7 +236,14 @@ func TestMigrationCutoverWithClientAttached(t *testing.T) {
 		t.Fatalf("new arrivals got UIDs %d, %d; want above %d", during[6].uid, during[7].uid, maxOld)
 	}
 
-	// 3. The user's changes during migrating.
+	// 3. The user's changes during migrating. Reading a message (BODY[],
+	// not PEEK) marks it \Seen, in new: old is never written.
+	if slices.Contains(before[4].flags, imap.FlagSeen) {
+		t.Fatal("fixture 5 should start unseen")
+	}
+	if _, err := c.Fetch(imap.UIDSetNum(before[4].uid), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{}}}).Collect(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.Store(imap.UIDSetNum(before[0].uid), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Collect(); err != nil {
 		t.Fatalf("STORE on a not yet copied message: %v", err)
 	}
@@ -284,6 +291,9 @@ func TestMigrationCutoverWithClientAttached(t *testing.T) {
 	}
 	if !slices.Contains(after[0].flags, imap.FlagFlagged) {
 		t.Errorf("flag set during migrating not shown: %v", after[0].flags)
+	}
+	if i := slices.IndexFunc(after, func(s seen) bool { return s.uid == before[4].uid }); i < 0 || !slices.Contains(after[i].flags, imap.FlagSeen) {
+		t.Errorf("message read during migrating is not \\Seen")
 	}
 
 	// 4. Copy whatever is left (the back-fill's job), flip to new, stop old.

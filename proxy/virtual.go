@@ -416,7 +416,41 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 			return v.s.check(err)
 		}
 	}
+	if len(oldU) > 0 && !v.readOnly && setsSeen(options) {
+		// A non-PEEK body fetch sets \Seen; old is never written, so the
+		// messages read from old are copied and flagged in new.
+		vs := make([]store.UID, 0, len(oldU))
+		for _, u := range oldU {
+			vs = append(vs, u)
+		}
+		byV, err := v.ensureCopied(context.Background(), vs)
+		if err != nil {
+			return err
+		}
+		var set imap.UIDSet
+		for _, n := range byV {
+			set.AddNum(imap.UID(n))
+		}
+		if err := v.new.c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
+			return v.s.check(err)
+		}
+	}
 	return nil
+}
+
+// setsSeen reports whether a FETCH sets \Seen (a body section without PEEK).
+func setsSeen(o *imap.FetchOptions) bool {
+	for _, b := range o.BodySection {
+		if !b.Peek {
+			return true
+		}
+	}
+	for _, b := range o.BinarySection {
+		if !b.Peek {
+			return true
+		}
+	}
+	return false
 }
 
 // ensureCopied copies every old-only message of vs to new (a write is
