@@ -95,6 +95,9 @@ type Provider struct {
 	tls    *tls.Config
 	slots  chan struct{} // nil: unlimited
 	log    *slog.Logger
+	// masterPassword is read from MasterPasswordFile by NewProvider when
+	// Auth is "master"; never logged, never in an error.
+	masterPassword string
 }
 
 // NewProvider builds a provider from its configuration.
@@ -129,6 +132,11 @@ func NewProvider(name string, pc *config.Provider, log *slog.Logger) (*Provider,
 	}
 	if pc.MaxConnections > 0 {
 		p.slots = make(chan struct{}, pc.MaxConnections)
+	}
+	if pc.Auth == config.AuthMaster {
+		if p.masterPassword, err = readMasterPassword(pc.MasterPasswordFile); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -284,23 +292,9 @@ func (p *Provider) DialIMAP(ctx context.Context, opts *imapclient.Options) (*IMA
 // LoginIMAP dials and logs in as username with password. A refusal is an
 // *Error wrapping ErrAuthFailed, never retried (no lock-outs).
 func (p *Provider) LoginIMAP(ctx context.Context, username, password string, opts *imapclient.Options) (*IMAPConn, error) {
-	c, err := p.DialIMAP(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.waitBounded(c, c.Login(username, password)); err != nil {
-		c.Close()
-		return nil, p.loginError(err)
-	}
-	return c, nil
-}
-
-// waitBounded waits for cmd, closing c if the provider does not answer
-// within the login timeout.
-func (p *Provider) waitBounded(c *IMAPConn, cmd *imapclient.Command) error {
-	t := time.AfterFunc(p.loginTimeout(), func() { c.Client.Close() })
-	defer t.Stop()
-	return cmd.Wait()
+	return p.loginIMAP(ctx, opts, func(c *IMAPConn) error {
+		return c.Login(username, password).Wait()
+	})
 }
 
 func (p *Provider) loginError(err error) error {

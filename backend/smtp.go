@@ -58,16 +58,9 @@ func (p *Provider) LoginSMTP(ctx context.Context, helo, username, password strin
 	} else {
 		mech = sasl.NewLoginClient(username, password)
 	}
-	if err := c.Auth(mech); err != nil {
+	if err := p.smtpAuth(ctx, c, mech); err != nil {
 		c.Close()
-		if se, ok := err.(*smtp.SMTPError); ok && se.Code == 535 {
-			e := &Error{Provider: p.Name, Op: "smtp auth", Permanent: true, Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
-			if p.cfg.AppPasswords {
-				e.Hint = "if two-factor login is on for this account, the provider wants an app password"
-			}
-			return nil, e
-		}
-		return nil, &Error{Provider: p.Name, Op: "smtp auth", Err: err}
+		return nil, err
 	}
 	return c, nil
 }

@@ -121,6 +121,12 @@ type Provider struct {
 	// Auth is "master"; the file holds the master password.
 	MasterUser         string `toml:"master_user"`
 	MasterPasswordFile string `toml:"master_password_file"`
+	// MasterStyle is how the master user names the user it acts for, when
+	// Auth is "master": "sasl" (AUTHENTICATE PLAIN / AUTH PLAIN with the
+	// user as authorization identity, RFC 4616) or "separator" (LOGIN
+	// "user*master", Dovecot's auth_master_user_separator = *). Default
+	// "sasl"; unused with other Auth values.
+	MasterStyle string `toml:"master_style"`
 	// MaxConnections caps concurrent upstream IMAP connections to this
 	// provider, all users together. Default 200; zero means the default;
 	// negative means unlimited (kept as written).
@@ -196,6 +202,12 @@ const (
 	AuthPassthrough = "passthrough"
 	AuthMaster      = "master"
 	AuthVault       = "vault"
+)
+
+// Master styles (Provider.MasterStyle).
+const (
+	MasterStyleSASL      = "sasl"
+	MasterStyleSeparator = "separator"
 )
 
 // Duration is a time.Duration written as a Go duration string ("15s", "2m").

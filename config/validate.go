@@ -26,6 +26,7 @@ const (
 	DefaultMaxMessageSize = 100 << 20 // 100 MiB
 	DefaultStorePath      = "/var/lib/pecgate"
 	DefaultAuth           = AuthPassthrough
+	DefaultMasterStyle    = MasterStyleSASL
 	DefaultMaxConnections = 200
 	DefaultConnectTimeout = 15 * time.Second
 	DefaultLoginTimeout   = 30 * time.Second
@@ -135,6 +136,9 @@ func (p *parser) defaults(c *Config) {
 	for _, pr := range c.Providers {
 		if pr.Auth == "" {
 			pr.Auth = DefaultAuth
+		}
+		if pr.MasterStyle == "" {
+			pr.MasterStyle = DefaultMasterStyle
 		}
 		if pr.MaxConnections == 0 {
 			pr.MaxConnections = DefaultMaxConnections
@@ -319,6 +323,9 @@ func (p *parser) validateProvider(c *Config, name string, pr *Provider) {
 		}
 	default:
 		p.errorf(k("auth"), "must be passthrough, master or vault, got %q", pr.Auth)
+	}
+	if pr.MasterStyle != MasterStyleSASL && pr.MasterStyle != MasterStyleSeparator {
+		p.errorf(k("master_style"), "must be sasl or separator, got %q", pr.MasterStyle)
 	}
 	if pr.ConnectTimeout < 0 {
 		p.errorf(k("connect_timeout"), "must not be negative")

@@ -32,7 +32,7 @@ func commands() []command {
 		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", runStatus},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
 		{"verify", "verify [-config FILE] DOMAIN|USER", "audit old against new", notYet("verify", 4)},
-		{"vault", "vault [-config FILE] import FILE.csv", "import provider credentials", notYet("vault", 3)},
+		{"vault", "vault [-config FILE] import [-check] FILE.csv", "import provider credentials", runVault},
 	}
 }
 
