@@ -206,6 +206,11 @@ func (s vaultSecrets) Credential(ctx context.Context, provider, user string) (us
 		username, password, err = s.v.Get(tx, provider, user)
 		return err
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		// Nothing imported for this member: a permanent "no credentials",
+		// not a passing fault.
+		err = fmt.Errorf("%w: %s at %s", backend.ErrNoCredential, user, provider)
+	}
 	return username, password, err
 }
 
