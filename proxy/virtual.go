@@ -232,8 +232,13 @@ func (v *vmail) refresh(ctx context.Context) error {
 	for _, n := range newUIDs {
 		vu, ok := m.ByNew(n)
 		if !ok {
+			// Unknown, or expunged by the user (AddNew then returns the
+			// existing, gone, virtual UID).
 			vu = m.AddNew(n)
 			changed = true
+		}
+		if vu == 0 || m.IsGone(vu) {
+			continue
 		}
 		view = append(view, vu)
 	}
