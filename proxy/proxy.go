@@ -43,6 +43,10 @@ type Options struct {
 	// Copier copies one message from old to new and records the mapping;
 	// required for writes during migrating.
 	Copier Copier
+	// Backfill, when set, learns of logins: the passwords passthrough
+	// providers need for copying (kept in memory only), and which users
+	// have live sessions (copied first).
+	Backfill Backfill
 	// Secrets gives vault credentials for providers with auth = "vault".
 	Secrets backend.Secrets
 	// Limiter throttles failed logins; share one between the IMAP and
@@ -64,6 +68,13 @@ type Route struct {
 	State    string            // old, migrating or new
 	Provider *backend.Provider // the one that serves the state: old for old, new otherwise
 	Old, New *backend.Provider // New is nil when the domain has no new provider
+}
+
+// Backfill is what the proxy tells the back-fill engine (package sync,
+// wired in cmd).
+type Backfill interface {
+	Remember(user, password string)
+	Touch(user string)
 }
 
 // Copier copies message v (old UID oldUID, in old's mailbox selected on
