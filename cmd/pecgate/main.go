@@ -31,7 +31,7 @@ func commands() []command {
 		{"route", "route [-config FILE] [-force] [-y] DOMAIN|USER old|migrating|new", "change a migration state", runRoute},
 		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", runStatus},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
-		{"verify", "verify [-config FILE] DOMAIN|USER", "audit old against new", notYet("verify", 4)},
+		{"verify", "verify [-config FILE] [-out DIR] [-passwords FILE] [-v] DOMAIN|USER", "audit old against new: CSV, JSON and SHA-256 reports", runVerify},
 		{"vault", "vault [-config FILE] import [-check] FILE.csv", "import provider credentials", runVault},
 	}
 }
