@@ -71,6 +71,7 @@ const (
 	updMailboxFlags
 	updResync    // virtual mode: an upstream changed, refresh the view
 	updSideFlags // virtual mode: a flag change on one side
+	updVExists   // virtual mode: tell the client EXISTS num as is
 )
 
 type update struct {
@@ -611,6 +612,14 @@ func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) err
 		if stopped {
 			return err
 		}
+		if errors.Is(err, errFlipped) {
+			s.flipPending()
+			if s.virtual() {
+				return s.vIdle(w, stop)
+			}
+			attempt--
+			continue
+		}
 		if err != nil {
 			s.check(err) // drops a broken upstream; the next round reconnects
 		}
@@ -635,6 +644,8 @@ func (s *imapSession) pollIdle(w *imapserver.UpdateWriter, up *backend.IMAPConn,
 			}
 		case <-up.Closed():
 			return false, errUpstreamGone
+		case <-s.flips:
+			return false, errFlipped
 		}
 	}
 }
@@ -662,9 +673,22 @@ func (s *imapSession) relayIdle(w *imapserver.UpdateWriter, up *backend.IMAPConn
 		case <-up.Closed():
 			idle.Close()
 			return false, errUpstreamGone
+		case <-s.flips:
+			// A flip reaches an idling session too (invariant 8): end the
+			// upstream IDLE, apply it, and idle on in the new mode.
+			if err := idle.Close(); err != nil {
+				return false, err
+			}
+			if err := idle.Wait(); err != nil {
+				return false, err
+			}
+			return false, errFlipped
 		}
 	}
 }
+
+// errFlipped ends an upstream IDLE so that a flip is applied.
+var errFlipped = errors.New("proxy: state changed")
 
 // Expunge implements imapserver.Session (EXPUNGE, UID EXPUNGE, CLOSE).
 func (s *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {

@@ -81,8 +81,12 @@ type Backfill interface {
 // oldC) to newMailbox on newC, streaming the bytes with their flags and
 // INTERNALDATE, and records v -> new UID in entry's map in the same store
 // transaction that ends the copy. The caller holds no lock on entry.
+//
+// Recover adopts copies a crash left unrecorded (see store.Intent): unknown
+// are new UIDs that no map entry names; it returns those it adopted.
 type Copier interface {
 	CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, newMailbox string, v, oldUID store.UID) (store.UID, error)
+	Recover(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, unknown []store.UID) ([]store.UID, error)
 }
 
 // resolve maps a login to its route, or returns nil when the domain is not

@@ -55,8 +55,13 @@ func (sd *vside) seqOf(uid store.UID) uint32 {
 	return uint32(i + 1)
 }
 
-// searchAll lists the side's UIDs in sequence order.
+// searchAll lists the side's UIDs in sequence order. A NOOP first: Dovecot
+// answers SEARCH from the session's view, which does not yet include what
+// another connection (a copy, the back-fill) just appended.
 func (sd *vside) searchAll() ([]store.UID, error) {
+	if err := sd.c.Noop().Wait(); err != nil {
+		return nil, err
+	}
 	data, err := sd.c.UIDSearch(&imap.SearchCriteria{}, &imap.SearchOptions{ReturnAll: true}).Wait()
 	if err != nil {
 		return nil, err
@@ -223,10 +228,17 @@ func (v *vmail) refresh(ctx context.Context) error {
 	if err != nil {
 		return v.s.checkNew(err)
 	}
+	if err := v.recover(ctx, newUIDs); err != nil {
+		return err
+	}
 	v.entry.Lock()
 	defer v.entry.Unlock()
 	m := v.entry.M
 	before := m.Next
+	var maxNew store.UID
+	if len(newUIDs) > 0 {
+		maxNew = newUIDs[len(newUIDs)-1]
+	}
 	changed := false
 	var view []store.UID
 	for _, n := range newUIDs {
@@ -254,8 +266,11 @@ func (v *vmail) refresh(ctx context.Context) error {
 		if m.IsGone(vu) {
 			continue
 		}
-		if _, n, _ := m.Lookup(vu); n != 0 {
-			continue // copied: new holds it (and says whether it still exists)
+		if _, n, _ := m.Lookup(vu); n != 0 && n <= maxNew {
+			// Copied: new holds it and says whether it still exists. A copy
+			// above what new's list shows was made by another connection
+			// this instant: the message is still there, keep it.
+			continue
 		}
 		view = append(view, vu)
 	}
@@ -966,4 +981,44 @@ func (s *imapSession) mapRoles(ctx context.Context) {
 	if err != nil {
 		s.log.Warn("cannot record the folder map", "err", err)
 	}
+}
+
+// recover adopts copies a crash left in new unrecorded, before refresh
+// could take them for new arrivals (invariant 6).
+func (v *vmail) recover(ctx context.Context, newUIDs []store.UID) error {
+	copier := v.s.srv.opts.Copier
+	if copier == nil {
+		return nil
+	}
+	v.entry.Lock()
+	var unknown []store.UID
+	for _, n := range newUIDs {
+		if _, ok := v.entry.M.ByNew(n); !ok && !v.knownGone(n) {
+			unknown = append(unknown, n)
+		}
+	}
+	v.entry.Unlock()
+	if len(unknown) == 0 {
+		return nil
+	}
+	var oldC *backend.IMAPConn
+	if v.old != nil {
+		oldC = v.old.c
+	}
+	adopted, err := copier.Recover(ctx, oldC, v.new.c, v.entry, v.s.srv.opts.Maps, unknown)
+	if len(adopted) > 0 {
+		v.s.log.Info("adopted copies left by an interrupted copy", "mailbox", v.mailbox, "count", len(adopted))
+	}
+	return err
+}
+
+// knownGone reports whether new UID n belongs to an expunged message (the
+// map keeps its run). The caller holds the entry lock.
+func (v *vmail) knownGone(n store.UID) bool {
+	for _, r := range v.entry.M.Runs {
+		if r.New != 0 && n >= r.New && n < r.New+r.N {
+			return true
+		}
+	}
+	return false
 }

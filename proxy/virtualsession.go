@@ -172,13 +172,15 @@ func (s *imapSession) checkFlip() {
 			log.Warn("flip: new provider login failed, staying on old", "err", err)
 			return
 		}
+		// The old connection keeps its pure-proxy handler: vflush reads its
+		// EXISTS/EXPUNGE as "resync" and its flag changes as old's.
 		s.mu.Lock()
-		s.gen++ // the old connection's pure-proxy handler goes quiet
 		s.queue = nil
 		s.mu.Unlock()
 		s.oldUp, s.up, s.newUp = s.up, nil, up
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
+		s.log = s.log.With("provider", route.Provider.Name, "state", to)
 		s.mapRoles(ctx)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
@@ -187,8 +189,14 @@ func (s *imapSession) checkFlip() {
 				go s.conn.Bye("Mailbox moving, please reconnect")
 				return
 			}
-			if uint32(len(s.vm.view)) != prev {
-				s.queueUpdate(update{kind: updResync})
+			// The client knew old's prev messages; what new alone holds sorts
+			// after them (its virtual UIDs are above the freeze).
+			if n := uint32(len(s.vm.view)); n > prev {
+				s.queueUpdate(update{kind: updVExists, num: n})
+			} else if n < prev {
+				log.Warn("flip: the view lost messages, closing client")
+				go s.conn.Bye("Mailbox moving, please reconnect")
+				return
 			}
 		}
 		log.Info("flip applied to live session")
@@ -425,8 +433,21 @@ func (s *imapSession) vflush(w *imapserver.UpdateWriter, allowExpunge bool) erro
 	resync := false
 	for _, u := range q {
 		switch u.kind {
-		case updResync:
+		case updResync, updExists, updExpunge:
+			// updExists/updExpunge come from an old connection that was
+			// opened in state old and flipped live.
 			resync = true
+		case updFlags:
+			if s.vm != nil {
+				u.side = "old"
+				if err := s.vm.relayFlags(w, u); err != nil {
+					return err
+				}
+			}
+		case updVExists:
+			if err := w.WriteNumMessages(u.num); err != nil {
+				return err
+			}
 		case updSideFlags:
 			if s.vm == nil {
 				continue
@@ -507,13 +528,13 @@ func (s *imapSession) vIdle(w *imapserver.UpdateWriter, stop <-chan struct{}) er
 		if s.oldUp != nil {
 			closed = s.oldUp.Closed()
 		}
-		stopped := false
+		stopped, flipped := false, false
 		select {
 		case <-stop:
 			stopped = true
 		case <-s.events:
 		case <-s.flips:
-			s.flipPending()
+			flipped = true
 		case <-s.newUp.Closed():
 		case <-closed:
 		}
@@ -524,7 +545,10 @@ func (s *imapSession) vIdle(w *imapserver.UpdateWriter, stop <-chan struct{}) er
 		if stopped {
 			return s.vflush(w, true)
 		}
-		s.checkFlip()
+		if flipped {
+			// Applied with both IDLEs ended: a flip may log out of old.
+			s.flipPending()
+		}
 	}
 }
 

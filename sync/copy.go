@@ -11,10 +11,12 @@ package sync
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -74,6 +76,15 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 	if lit == nil {
 		return 0, fmt.Errorf("old UID %d: no BODY[] in the answer", oldUID)
 	}
+	// Write-ahead: a crash between the APPEND and its record must leave a
+	// trace, so the copy is adopted later instead of showing twice or being
+	// copied again (invariant 6). Recover resolves intents.
+	intent := store.Intent{V: v, Old: oldUID, Size: lit.Size(), InternalDate: meta[0].InternalDate}
+	if err := maps.Store().Update(ctx, func(tx store.Tx) error {
+		return store.PutIntent(tx, entry.User, entry.Mailbox, intent)
+	}); err != nil {
+		return 0, fmt.Errorf("record copy intent of %d: %w", v, err)
+	}
 	app := newC.Append(newMailbox, lit.Size(), &imap.AppendOptions{Flags: flags, Time: meta[0].InternalDate})
 	n, err := io.Copy(app, lit)
 	if err == nil && n != lit.Size() {
@@ -102,9 +113,119 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 	}
 	prev := entry.M
 	entry.M = m
-	if err := maps.Save(ctx, entry, nil); err != nil {
+	if err := maps.Save(ctx, entry, func(tx store.Tx) error {
+		return store.DeleteIntent(tx, entry.User, entry.Mailbox, v)
+	}); err != nil {
 		entry.M = prev
 		return 0, fmt.Errorf("record copy of %d: %w", v, err)
 	}
 	return store.UID(data.UID), nil
+}
+
+// Recover resolves the copies in flight of entry's mailbox left by a crash:
+// each intent whose copy is among unknown (new UIDs no map entry names)
+// with the same size and INTERNALDATE and the same SHA-256 as the old
+// message is adopted (v -> new UID); the others are forgotten, and the
+// message stays to be copied. oldC and newC have the mailbox selected.
+// It returns the new UIDs adopted. The caller holds no lock on entry.
+func (Copier) Recover(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, unknown []store.UID) ([]store.UID, error) {
+	var intents []store.Intent
+	if err := maps.Store().View(ctx, func(tx store.Tx) error {
+		var err error
+		intents, err = store.ListIntents(tx, entry.User, entry.Mailbox)
+		return err
+	}); err != nil || len(intents) == 0 {
+		return nil, err
+	}
+	type meta struct {
+		size int64
+		date time.Time
+	}
+	cands := map[store.UID]meta{}
+	if len(unknown) > 0 {
+		var set imap.UIDSet
+		for _, n := range unknown {
+			set.AddNum(imap.UID(n))
+		}
+		msgs, err := newC.Fetch(set, &imap.FetchOptions{UID: true, RFC822Size: true, InternalDate: true}).Collect()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			cands[store.UID(m.UID)] = meta{m.RFC822Size, m.InternalDate}
+		}
+	}
+	var adopted []store.UID
+	entry.Lock()
+	defer entry.Unlock()
+	for _, in := range intents {
+		var match store.UID
+		if oldC != nil {
+			for n, m := range cands {
+				if m.size != in.Size || !m.date.Equal(in.InternalDate) {
+					continue
+				}
+				same, err := sameBytes(oldC, newC, in.Old, n)
+				if err != nil {
+					return adopted, err
+				}
+				if same {
+					match = n
+					break
+				}
+			}
+		}
+		m := entry.M.Clone()
+		if match != 0 {
+			if _, n, ok := m.Lookup(in.V); !ok || n != 0 || m.SetNew(in.V, match) != nil {
+				match = 0
+			}
+		}
+		prev := entry.M
+		entry.M = m
+		if err := maps.Save(ctx, entry, func(tx store.Tx) error {
+			return store.DeleteIntent(tx, entry.User, entry.Mailbox, in.V)
+		}); err != nil {
+			entry.M = prev
+			return adopted, err
+		}
+		if match != 0 {
+			delete(cands, match)
+			adopted = append(adopted, match)
+		}
+	}
+	return adopted, nil
+}
+
+// sameBytes compares the SHA-256 of old UID o and new UID n, streaming.
+func sameBytes(oldC, newC *backend.IMAPConn, o, n store.UID) (bool, error) {
+	h1, err := bodyHash(oldC, o)
+	if err != nil {
+		return false, err
+	}
+	h2, err := bodyHash(newC, n)
+	if err != nil {
+		return false, err
+	}
+	return h1 == h2, nil
+}
+
+func bodyHash(c *backend.IMAPConn, uid store.UID) ([32]byte, error) {
+	var sum [32]byte
+	body := &imap.FetchItemBodySection{Peek: true}
+	cmd := c.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}})
+	defer cmd.Close()
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			if b, ok := item.(imapclient.FetchItemDataBodySection); ok {
+				h := sha256.New()
+				if _, err := io.Copy(h, b.Literal); err != nil {
+					return sum, err
+				}
+				copy(sum[:], h.Sum(nil))
+				return sum, cmd.Close()
+			}
+		}
+	}
+	return sum, fmt.Errorf("UID %d: no body", uid)
 }
