@@ -145,6 +145,24 @@ type Provider struct {
 	// the account has two-factor login; a refused login then carries a hint.
 	// Filled by presets unless the file sets it. Default false.
 	AppPasswords bool `toml:"app_passwords"`
+	// CopyConnections is how many users the back-fill copies at once to or
+	// from this provider, each over one IMAP connection here (it counts
+	// against MaxConnections too). Default 2; zero means the default;
+	// negative is an error.
+	CopyConnections int `toml:"copy_connections"`
+	// CopyMessagesPerSecond caps the messages the back-fill reads from or
+	// writes to this provider per second, all users together. Default 0:
+	// unlimited; negative is an error.
+	CopyMessagesPerSecond float64 `toml:"copy_messages_per_second"`
+	// CopyBytesPerSecond caps the message bytes the back-fill reads from or
+	// writes to this provider per second, all users together. Default 0:
+	// unlimited; negative is an error.
+	CopyBytesPerSecond int64 `toml:"copy_bytes_per_second"`
+	// QuotaBytes is each mailbox's storage quota here in bytes, used by the
+	// back-fill before copying a user when the provider does not answer
+	// GETQUOTAROOT (RFC 9208). Default 0: unknown (no check); negative is
+	// an error.
+	QuotaBytes int64 `toml:"quota_bytes"`
 }
 
 // Domain is one mail domain the gateway serves.

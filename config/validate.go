@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -34,6 +35,9 @@ const (
 	DefaultLogFormat      = "json"
 	DefaultLogLevel       = "info"
 )
+
+// DefaultCopyConnections fills Provider.CopyConnections.
+const DefaultCopyConnections = 2
 
 // osHostname is os.Hostname, replaced in tests.
 var osHostname = os.Hostname
@@ -148,6 +152,9 @@ func (p *parser) defaults(c *Config) {
 		}
 		if pr.LoginTimeout == 0 {
 			pr.LoginTimeout = Duration(DefaultLoginTimeout)
+		}
+		if pr.CopyConnections == 0 {
+			pr.CopyConnections = DefaultCopyConnections
 		}
 	}
 	for _, d := range c.Domains {
@@ -335,6 +342,18 @@ func (p *parser) validateProvider(c *Config, name string, pr *Provider) {
 	}
 	if pr.MaxMessageSize < 0 {
 		p.errorf(k("max_message_size"), "must not be negative")
+	}
+	if pr.CopyConnections < 0 {
+		p.errorf(k("copy_connections"), "must not be negative")
+	}
+	if r := pr.CopyMessagesPerSecond; math.IsNaN(r) || math.IsInf(r, 0) || r < 0 {
+		p.errorf(k("copy_messages_per_second"), "must be a finite number, 0 or more")
+	}
+	if pr.CopyBytesPerSecond < 0 {
+		p.errorf(k("copy_bytes_per_second"), "must not be negative")
+	}
+	if pr.QuotaBytes < 0 {
+		p.errorf(k("quota_bytes"), "must not be negative")
 	}
 }
 
