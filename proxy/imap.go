@@ -76,11 +76,11 @@ func (l slogPrintf) Printf(format string, args ...any) {
 }
 
 // Serve serves STARTTLS IMAP (port 143) on ln.
-func (s *IMAPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *IMAPServer) Serve(ln net.Listener) error { return s.srv.Serve(batchListener{ln}) }
 
 // ServeTLS serves implicit-TLS IMAP (port 993) on ln.
 func (s *IMAPServer) ServeTLS(ln net.Listener) error {
-	return s.srv.Serve(tls.NewListener(ln, s.opts.TLS))
+	return s.srv.Serve(tls.NewListener(batchListener{ln}, s.opts.TLS))
 }
 
 var errIMAPShuttingDown = &imap.Error{Type: imap.StatusResponseTypeBye, Text: "Server shutting down, please reconnect"}

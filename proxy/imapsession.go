@@ -821,6 +821,10 @@ func emptyNumSet(kind imapserver.NumKind) imap.NumSet {
 func (s *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
 	s.enter()
 	defer s.leave()
+	if bc := batchOf(s.conn.NetConn()); bc != nil {
+		bc.begin()
+		defer bc.end()
+	}
 	if s.virtual() {
 		s.touched = true
 		return s.vm.fetch(w, numSet, options)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -673,6 +674,18 @@ func (v *vmail) viewOfNew(n store.UID) store.UID {
 func (v *vmail) search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	all := v.view
 	var hits []store.UID
+	if onlySets(criteria) {
+		// ALL, or sequence/UID sets only: the view answers, no upstream
+		// round trip (mbsync and phones ask UID SEARCH ALL, or 1:*, a lot).
+		hits = slices.Clone(all)
+		for _, s := range criteria.SeqNum {
+			hits = intersect(hits, v.resolve(s))
+		}
+		for _, s := range criteria.UID {
+			hits = intersect(hits, v.resolve(s))
+		}
+		return v.searchData(kind, hits), nil
+	}
 	for _, sd := range []*vside{v.old, v.new} {
 		if sd == nil {
 			continue
@@ -703,6 +716,30 @@ func (v *vmail) search(kind imapserver.NumKind, criteria *imap.SearchCriteria, o
 		}
 	}
 	slices.Sort(hits)
+	return v.searchData(kind, hits), nil
+}
+
+// onlySets reports whether c has no criterion but sequence and UID sets.
+func onlySets(c *imap.SearchCriteria) bool {
+	rest := *c
+	rest.SeqNum, rest.UID = nil, nil
+	return reflect.DeepEqual(rest, imap.SearchCriteria{})
+}
+
+// intersect keeps the elements of a (sorted) that are in b (sorted).
+func intersect(a, b []store.UID) []store.UID {
+	out := a[:0]
+	for _, u := range a {
+		if _, ok := slices.BinarySearch(b, u); ok {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// searchData renders sorted virtual UIDs as the client asked: UIDs or
+// sequence numbers, with ESEARCH's MIN, MAX and COUNT.
+func (v *vmail) searchData(kind imapserver.NumKind, hits []store.UID) *imap.SearchData {
 	data := &imap.SearchData{}
 	if kind == imapserver.NumKindUID {
 		var set imap.UIDSet
@@ -718,7 +755,7 @@ func (v *vmail) search(kind imapserver.NumKind, criteria *imap.SearchCriteria, o
 		data.All = set
 	}
 	fillESearch(data, kind)
-	return data, nil
+	return data
 }
 
 // translate rewrites the client's sequence and UID sets into one side's

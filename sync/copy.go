@@ -42,8 +42,12 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 	// the same uncopied message must not both append it.
 	entry.Lock()
 	defer entry.Unlock()
-	if _, n, ok := entry.M.Lookup(v); ok && n != 0 {
-		return n, nil
+	_, have, ok := entry.M.Lookup(v)
+	if !ok {
+		return 0, fmt.Errorf("message %d was expunged or is unknown: not copied", v)
+	}
+	if have != 0 {
+		return have, nil
 	}
 	uid := imap.UIDSetNum(imap.UID(oldUID))
 	meta, err := oldC.Fetch(uid, &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true}).Collect()

@@ -132,10 +132,14 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		}
 		secrets = vaultSecrets{v: v, st: st}
 	}
+	maps := store.NewMapCache(st, 0)
+	engine := sync.NewEngine(sync.Options{Config: cfg, Store: st, Maps: maps, Router: router, Backends: backends, Secrets: secrets, Log: log})
+	// migrating -> new is refused while the engine counts messages left.
+	router.Uncopied = engine.Uncopied
 	// One limiter: a password guessed over SMTP counts against IMAP too.
 	opts := proxy.Options{
 		Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log, Limiter: proxy.NewAuthLimiter(),
-		Router: router, Maps: store.NewMapCache(st, 0), Copier: sync.Copier{}, Secrets: secrets,
+		Router: router, Maps: maps, Copier: sync.Copier{}, Secrets: secrets, Backfill: engine,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	gw := &gateway{
@@ -178,10 +182,16 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 			}
 		}(l, ln)
 	}
-	gw.wg.Add(1)
+	gw.wg.Add(2)
 	go func() {
 		defer gw.wg.Done()
 		cm.Watch(ctx, 5*time.Second)
+	}()
+	go func() {
+		defer gw.wg.Done()
+		if err := engine.Run(ctx); err != nil {
+			log.Error("back-fill engine stopped", "err", err)
+		}
 	}()
 	adminAddr, stopAdmin, err := startAdmin(ctx, cfg, router, log)
 	if err != nil {
