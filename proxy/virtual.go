@@ -164,7 +164,8 @@ func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.Select
 	newSel, err := s.newUp.Select(newMbox, &imap.SelectOptions{ReadOnly: readOnly}).Wait()
 	if err != nil && oldSel != nil && isNonExistent(err) {
 		// The folder exists in old only: make it in new (folder map).
-		if cerr := s.newUp.Create(newMbox, nil).Wait(); cerr != nil {
+		// The back-fill may be making it at this very moment.
+		if cerr := s.newUp.Create(newMbox, nil).Wait(); cerr != nil && !isAlreadyExists(cerr) {
 			return nil, s.checkNew(cerr)
 		}
 		newSel, err = s.newUp.Select(newMbox, &imap.SelectOptions{ReadOnly: readOnly}).Wait()
@@ -202,6 +203,11 @@ func isNonExistent(err error) bool {
 	var imapErr *imap.Error
 	return errors.As(err, &imapErr) && (imapErr.Code == imap.ResponseCodeNonExistent || imapErr.Code == imap.ResponseCodeTryCreate ||
 		strings.Contains(strings.ToLower(imapErr.Text), "doesn't exist"))
+}
+
+func isAlreadyExists(err error) bool {
+	var imapErr *imap.Error
+	return errors.As(err, &imapErr) && imapErr.Code == imap.ResponseCodeAlreadyExists
 }
 
 func unionFlags(a, b []imap.Flag) []imap.Flag {

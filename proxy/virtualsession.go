@@ -384,7 +384,7 @@ func (s *imapSession) vRename(mailbox, newName string, options *imap.RenameOptio
 		}
 		v.entry = entry
 		if _, err := s.newUp.Select(v.new.mailbox, nil).Wait(); err != nil && isNonExistent(err) {
-			if err := s.newUp.Create(v.new.mailbox, nil).Wait(); err != nil {
+			if err := s.newUp.Create(v.new.mailbox, nil).Wait(); err != nil && !isAlreadyExists(err) {
 				return s.checkNew(err)
 			}
 		}
