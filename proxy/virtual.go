@@ -388,6 +388,14 @@ func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
 	defer v.entry.Unlock()
 	for _, u := range vs {
 		o, n, ok := v.entry.M.Lookup(u)
+		if n != 0 && o != 0 && v.old != nil {
+			// Copied by another connection (the back-fill) since this
+			// session last looked at new: new's view here does not hold
+			// it yet, old still does, with the same bytes.
+			if _, seen := slices.BinarySearch(v.new.uids, n); !seen {
+				n = 0
+			}
+		}
 		switch {
 		case !ok:
 		case n != 0:
@@ -503,8 +511,15 @@ func (v *vmail) ensureCopied(ctx context.Context, vs []store.UID) (map[store.UID
 			return nil, fmt.Errorf("copy of message %d to the new provider: %w", u, err)
 		}
 		out[u] = n
-		v.new.uids = append(v.new.uids, n)
-		slices.Sort(v.new.uids)
+		if _, seen := slices.BinarySearch(v.new.uids, n); !seen {
+			v.new.uids = append(v.new.uids, n)
+			slices.Sort(v.new.uids)
+		}
+	}
+	// A message another connection copied is not in this session's view
+	// of new until it syncs: let Dovecot catch up before acting on it.
+	if err := v.new.c.Noop().Wait(); err != nil {
+		return nil, v.s.check(err)
 	}
 	return out, nil
 }
