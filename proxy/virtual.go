@@ -430,8 +430,15 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 		}
 		cmd := part.sd.c.Fetch(uidSetOf(part.uids), &opts)
 		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+			// Place the answer by its UID (Dovecot sends it first), which
+			// stays right whatever the upstream's sequence numbers did
+			// meanwhile; by sequence number only when the UID comes later.
 			var vu store.UID
-			if int(msg.SeqNum) <= len(part.sd.uids) && msg.SeqNum > 0 {
+			first := msg.Next()
+			if u, ok := first.(imapclient.FetchItemDataUID); ok {
+				vu = part.uids[store.UID(u.UID)]
+				first = nil
+			} else if int(msg.SeqNum) <= len(part.sd.uids) && msg.SeqNum > 0 {
 				vu = part.uids[part.sd.uids[msg.SeqNum-1]]
 			}
 			seq := v.seqOf(vu)
@@ -441,7 +448,7 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 				msg.Collect()
 				continue
 			}
-			if err := v.s.relayMessageAs(w, msg, options, seq, vu); err != nil {
+			if err := v.s.relayMessageAs(w, msg, first, options, seq, vu); err != nil {
 				part.sd.c.Close()
 				cmd.Close()
 				return err
@@ -517,10 +524,13 @@ func (v *vmail) ensureCopied(ctx context.Context, vs []store.UID) (map[store.UID
 		}
 	}
 	// A message another connection copied is not in this session's view
-	// of new until it syncs: let Dovecot catch up before acting on it.
-	if err := v.new.c.Noop().Wait(); err != nil {
+	// of new until it syncs: let Dovecot catch up (searchAll NOOPs first)
+	// and keep new's sequence list equal to its view.
+	uids, err := v.new.searchAll()
+	if err != nil {
 		return nil, v.s.check(err)
 	}
+	v.new.uids = uids
 	return out, nil
 }
 
@@ -821,10 +831,14 @@ func (v *vmail) translate(c imap.SearchCriteria, toSide map[store.UID]store.UID)
 
 // relayMessageAs relays one upstream FETCH response under the client's
 // sequence number seq and virtual UID u.
-func (s *imapSession) relayMessageAs(w *imapserver.FetchWriter, msg *imapclient.FetchMessageData, options *imap.FetchOptions, seq uint32, u store.UID) error {
+func (s *imapSession) relayMessageAs(w *imapserver.FetchWriter, msg *imapclient.FetchMessageData, first imapclient.FetchItemData, options *imap.FetchOptions, seq uint32, u store.UID) error {
 	rw := w.CreateMessage(seq)
 	rw.WriteUID(imap.UID(u))
-	for item := msg.Next(); item != nil; item = msg.Next() {
+	item := first
+	if item == nil {
+		item = msg.Next()
+	}
+	for ; item != nil; item = msg.Next() {
 		if _, isUID := item.(imapclient.FetchItemDataUID); isUID {
 			continue
 		}
