@@ -7,12 +7,16 @@
 //	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
 //	GET /metrics                     501 for now: Prometheus metrics come with a later issue
 //	GET /                            a plain HTML page: domains and states; no token
-//	GET /api/v1/domains              every served domain (DomainList)
-//	GET /api/v1/domains/{domain}     one domain and its user overrides (Domain)
+//	GET /api/v1/domains              every served domain (DomainList), with its copy progress (DomainProgress)
+//	GET /api/v1/domains/{domain}     one domain, its user overrides, its progress and the members with problems (Domain)
 //	PUT /api/v1/domains/{domain}     {"state":"migrating","force":false} (StateRequest) -> ChangeResult
 //	GET /api/v1/users/{user}         a user's route and copy progress (User)
 //	PUT /api/v1/users/{user}         the same body; {"state":""} removes the user's own state
 //	GET /api/v1/users/{user}/progress  the copy progress alone (404 when not kept)
+//
+// Copy progress (progress.go) is read from Options.Store: per user with
+// measured rates, an ETA and a hint per problem (UserProgress), per domain
+// its members counted by phase (DomainProgress).
 //
 // Every /api call needs "Authorization: Bearer TOKEN", compared in constant
 // time; without it the answer is 401. Every error is one JSON document,
@@ -62,6 +66,11 @@ type Options struct {
 	// none is recorded. nil means progress is not kept: GET
 	// /api/v1/users/{user} leaves it out and .../progress answers 404.
 	Progress func(ctx context.Context, user string) (any, error)
+	// Store is where the back-fill engine keeps its progress records. When
+	// set, the domain documents carry their progress (DomainProgress) and,
+	// unless Progress is set, a user's progress is read from it
+	// (UserProgress). nil: no progress but what Progress returns.
+	Store store.Store
 }
 
 // maxBody bounds a PUT body.
@@ -75,6 +84,7 @@ var pageTemplate = template.Must(template.New("page").Parse(pageHTML))
 type server struct {
 	Options
 	tokenHash [sha256.Size]byte
+	rates     *rates // the last progress snapshots, for the rates
 }
 
 // handlerFunc is a handler that returns its error for serve to render.
@@ -88,7 +98,10 @@ func New(opts Options) http.Handler {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{Options: opts, tokenHash: sha256.Sum256([]byte(opts.Token))}
+	s := &server{Options: opts, tokenHash: sha256.Sum256([]byte(opts.Token)), rates: newRates()}
+	if s.Progress == nil && s.Store != nil {
+		s.Progress = s.storeProgress
+	}
 
 	api := http.NewServeMux()
 	api.Handle("GET /api/v1/domains", s.serve(s.getDomains))
@@ -234,6 +247,9 @@ func (s *server) getDomains(w http.ResponseWriter, r *http.Request) error {
 	for _, d := range s.Router.Domains() {
 		list.Domains = append(list.Domains, domainDoc(d))
 	}
+	if err := s.fillProgress(r.Context(), list.Domains, false); err != nil {
+		return err
+	}
 	return writeJSON(w, http.StatusOK, list)
 }
 
@@ -254,7 +270,11 @@ func (s *server) getDomain(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, d)
+	list := []Domain{*d}
+	if err := s.fillProgress(r.Context(), list, true); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, list[0])
 }
 
 // user returns the route of user, and its progress when withProgress.

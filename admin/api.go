@@ -47,6 +47,9 @@ type Domain struct {
 	UserOverrides int `json:"user_overrides"`
 	// Users lists them (GET /api/v1/domains/{domain} only).
 	Users []UserOverride `json:"users,omitempty"`
+	// Progress is the domain's copy progress when the gateway keeps one
+	// (Options.Store), absent otherwise.
+	Progress *DomainProgress `json:"progress,omitempty"`
 }
 
 // UserOverride is one user with its own state.
@@ -73,7 +76,8 @@ type User struct {
 	Old        string `json:"old"`
 	New        string `json:"new,omitempty"`
 	// Progress is the user's copy progress when the gateway keeps one
-	// (Options.Progress), absent otherwise.
+	// (Options.Progress; a UserProgress when read from Options.Store, see
+	// ProgressDoc), absent otherwise.
 	Progress json.RawMessage `json:"progress,omitempty"`
 }
 
