@@ -29,7 +29,7 @@ func commands() []command {
 		{"serve", "serve [-config FILE] [-log-format json|text]", "run the gateway", runServe},
 		{"demo", "demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
 		{"route", "route [-config FILE] [-force] [-y] DOMAIN|USER old|migrating|new", "change a migration state", runRoute},
-		{"status", "status [-config FILE] [DOMAIN|USER]", "show migration progress", runStatus},
+		{"status", "status [-config FILE] [-watch] [DOMAIN|USER]", "show migration progress", runStatus},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
 		{"verify", "verify [-config FILE] [-out DIR] [-passwords FILE] [-v] DOMAIN|USER", "audit old against new: CSV, JSON and SHA-256 reports", runVerify},
 		{"vault", "vault [-config FILE] import [-check] FILE.csv", "import provider credentials", runVault},
