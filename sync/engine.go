@@ -8,16 +8,18 @@ package sync
 // what new already has (one UID FETCH 1:* per folder and side), check the
 // new side's quota, then copy each folder, INBOX first: for every old
 // message the UID map does not yet place in new, adoption first (adopt.go),
-// else Copier.CopyToNew, which records the mapping in the same store
-// transaction that ends the copy.
+// else a pipelined copy in windows (batch.go: one FETCH on old streamed
+// into APPENDs on new, the mappings recorded in the store transaction that
+// ends the window), and Copier.CopyToNew for what a window could not copy.
 //
 // Implementation notes:
 //
 //   - Crash safety (invariant 6) rests on two things: a copy's mapping is
-//     committed with the copy (Copier), and a copy whose APPEND completed
-//     but whose commit was lost is found on the next pass, before anything
-//     is copied again: through the intent Copier wrote before the APPEND
-//     (Copier.Recover), else by adoption. A pass keeps no state of its own
+//     committed with the copy (its window, or Copier), and a copy whose
+//     APPEND completed but whose commit was lost is found on the next pass,
+//     before anything is copied again: through the intent written before
+//     the APPEND (Copier.Recover, at the start of each folder), else by
+//     adoption. A pass keeps no state of its own
 //     that a restart would need.
 //   - Order: INBOX first, then the other folders; within a folder the
 //     newest messages first, in chunks that double (256, 512, ...) copied
@@ -165,6 +167,10 @@ type Engine struct {
 	// afterCount, when set (tests), runs after a pass has counted and
 	// checked the quota, before it copies.
 	afterCount func(user string)
+	// beforeRecord, when set (tests), runs in a copy window after its
+	// APPENDs are answered and before their mappings are committed; an
+	// error ends the pass there, as a crash would.
+	beforeRecord func() error
 }
 
 // userSched is one user's place in the schedule.
@@ -1268,18 +1274,10 @@ func (p *pass) copyFolder(f *folder) error {
 	ix := newAdoptIndex(f.copies)
 	unrecorded := false
 	for _, chunk := range newestFirst(todo) {
-		for _, o := range chunk {
-			if err := p.ctx.Err(); err != nil {
-				return err
-			}
-			err := p.copyOne(f, ix, o)
-			if errors.Is(err, errNoUIDPlus) {
-				unrecorded = true
-				continue
-			}
-			if err != nil {
-				return err
-			}
+		noUID, err := p.copyChunk(f, ix, chunk)
+		unrecorded = unrecorded || noUID
+		if err != nil {
+			return err
 		}
 	}
 	if unrecorded {
@@ -1317,10 +1315,12 @@ func (p *pass) recover(f *folder) error {
 	return nil
 }
 
-// copyOne brings old message o of f into new: adopted when new has it,
-// copied otherwise. It returns only errors that end the pass, and
-// errNoUIDPlus.
-func (p *pass) copyOne(f *folder, ix *adoptIndex, o *oldMsg) error {
+// prepare settles old message o of f before a copy: counted when the map
+// places it in new (a session copied it, or it is adopted now), dropped
+// when expunged meanwhile, reported when too big. It reports whether o is
+// to be copied, after the rate limits let it through, and returns only
+// errors that end the pass.
+func (p *pass) prepare(f *folder, ix *adoptIndex, o *oldMsg) (bool, error) {
 	f.entry.Lock()
 	_, n, ok := f.entry.M.Lookup(o.v)
 	f.entry.Unlock()
@@ -1328,33 +1328,40 @@ func (p *pass) copyOne(f *folder, ix *adoptIndex, o *oldMsg) error {
 	case !ok: // expunged by the user meanwhile: no longer due
 		p.prog.MessagesTotal--
 		p.prog.BytesTotal -= o.Size
-		return nil
+		return false, nil
 	case n != 0: // copied by a session meanwhile
 		p.done(o)
-		return nil
+		return false, nil
 	}
 	res, err := p.adopt(f, ix, o)
 	if err != nil {
-		return p.messageFailed(f, o, err)
+		return false, p.messageFailed(f, o, err)
 	}
 	switch res {
 	case adoptMapped, adoptTwin:
 		p.done(o)
-		return nil
+		return false, nil
 	case adoptSettled:
-		return p.copyOne(f, ix, o) // counts it as the map now says
+		return p.prepare(f, ix, o) // counts it as the map now says
 	}
 	if p.maxSize > 0 && o.Size > p.maxSize {
 		p.addError(KindOversize, f.Old, o.v, fmt.Sprintf("message of %d bytes is over the new provider's limit of %d bytes: not copied", o.Size, p.maxSize))
-		return nil
+		return false, nil
 	}
 	if err := p.e.throttle(p.ctx, []string{p.route.Old, p.route.New}, o.Size); err != nil {
-		return err
+		return false, err
 	}
+	return true, nil
+}
+
+// copySingle copies o, prepared, on its own with CopyToNew (what a window
+// could not copy). It returns only errors that end the pass, and
+// errNoUIDPlus.
+func (p *pass) copySingle(f *folder, o *oldMsg) error {
 	// The store write must follow an APPEND that completed, even when the
 	// pass is being cancelled: hence a context without cancel (the
 	// connections are closed on cancel instead).
-	_, err = p.e.copier.CopyToNew(p.saveCtx(), p.oldC, p.newC, f.entry, p.e.maps, f.New, o.v, o.UID)
+	_, err := p.e.copier.CopyToNew(p.saveCtx(), p.oldC, p.newC, f.entry, p.e.maps, f.New, o.v, o.UID)
 	if err != nil {
 		if errors.Is(err, errNoUIDPlus) {
 			return err
