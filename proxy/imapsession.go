@@ -46,7 +46,9 @@ type imapSession struct {
 	oldDelim, newDelim rune
 	roleNew, roleOld   map[string]string // special-use pairs: old name <-> new name
 	vm                 *vmail            // the selected mailbox's view
-	state              string            // the state the session serves
+	oldExamined        string            // mailbox EXAMINEd on oldUp, "" when unsure
+	oldSelData         *imap.SelectData
+	state              string // the state the session serves
 	flips              <-chan struct{}
 	unsubscribe        func()
 	readOnly           bool

@@ -243,6 +243,7 @@ func (s *imapSession) vSelect(mailbox string, options *imap.SelectOptions) (*ima
 }
 
 func (s *imapSession) vUnselect() error {
+	s.oldExamined = ""
 	for _, c := range []*backend.IMAPConn{s.oldUp, s.newUp} {
 		if c != nil {
 			c.Unselect().Wait()
