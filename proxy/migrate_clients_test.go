@@ -464,8 +464,10 @@ func TestMigrationMbsyncCutover(t *testing.T) {
 	for _, f := range folders {
 		copied += mcCopyAll(t, m, testUser, m.old.MailboxName(f))
 	}
-	if want := len(seeds) + 1 - 1; copied != want {
-		t.Errorf("back-fill copied %d messages, want %d (the seeded ones and the late arrival, less the one the flag copied)", copied, want)
+	// mbsync's download of the late arrival copied it on read (a read of a
+	// few messages still only in old copies them at once).
+	if want := len(seeds) + 1 - 1 - 1; copied != want {
+		t.Errorf("back-fill copied %d messages, want %d (the seeded ones and the late arrival, less the one the flag copied and the one read)", copied, want)
 	}
 	mcFlip(t, m, config.StateNew, true)
 	m.old.Stop()

@@ -547,3 +547,55 @@ func TestMigrationFolderMap(t *testing.T) {
 		t.Fatalf("Pratiche/Città not made in new: %v", err)
 	}
 }
+
+// TestMigrationCopyOnRead: a member opening a message that is still only
+// in old reads it from old at once, and the message is copied right away,
+// ahead of the back-fill; a bulk read is left to the back-fill.
+func TestMigrationCopyOnRead(t *testing.T) {
+	m := startMigration(t, testUser)
+	var seeds []dovetest.SeedMessage
+	for i := range 20 {
+		seeds = append(seeds, dovetest.SeedMessage{Mailbox: "INBOX", Body: msgN(200+i, 2000)})
+	}
+	m.old.SeedMaildir(t, testUser, seeds)
+	if _, err := m.router.SetDomain(context.Background(), m.domain, config.StateMigrating, false); err != nil {
+		t.Fatal(err)
+	}
+	c := m.gw.login(t, testUser, m.old.Password(testUser), nil)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	inNew := func() uint32 {
+		d := m.new.Dial(t, testUser)
+		st, err := d.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *st.NumMessages
+	}
+	body := &imap.FetchItemBodySection{Peek: true}
+	// A bulk read (a client's first sync): nothing is copied by it.
+	if _, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}}).Collect(); err != nil {
+		t.Fatal(err)
+	}
+	if n := inNew(); n != 0 {
+		t.Fatalf("a bulk read of 20 messages copied %d of them", n)
+	}
+	// Opening one message: read from old, copied at once, bytes identical.
+	got, err := c.Fetch(imap.UIDSetNum(7), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}}).Collect()
+	if err != nil || len(got) != 1 || !bytes.Equal(got[0].FindBodySection(body), msgN(206, 2000)) {
+		t.Fatalf("opening UID 7: %v, %d answers", err, len(got))
+	}
+	if n := inNew(); n != 1 {
+		t.Fatalf("after opening one message, new holds %d messages, want 1", n)
+	}
+	_, final := snapshot(t, m.new.Dial(t, testUser), "INBOX")
+	if final[0].hash != sha256.Sum256(msgN(206, 2000)) {
+		t.Fatal("the copy in new differs from the message in old")
+	}
+	// The client still sees UID 7 with the same bytes (now served by new).
+	got, err = c.Fetch(imap.UIDSetNum(7), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}}).Collect()
+	if err != nil || len(got) != 1 || !bytes.Equal(got[0].FindBodySection(body), msgN(206, 2000)) {
+		t.Fatalf("UID 7 after its copy: %v, %d answers", err, len(got))
+	}
+}

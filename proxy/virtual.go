@@ -525,8 +525,34 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 		if err := v.new.c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
 			return v.s.check(err)
 		}
+	} else if len(oldU) > 0 && len(oldU) <= copyOnReadMax && readsWholeMessage(options) && v.s.srv.opts.Copier != nil {
+		// Copy-on-read: the member opened messages that are still only in
+		// old; they were streamed from old at once, and are copied now,
+		// ahead of the back-fill. A bulk read (a client's first sync) is
+		// left to the back-fill rather than doubling its time.
+		vs := make([]store.UID, 0, len(oldU))
+		for _, u := range oldU {
+			vs = append(vs, u)
+		}
+		if _, err := v.ensureCopied(context.Background(), vs); err != nil {
+			v.s.log.Warn("copy-on-read failed; the back-fill will retry", "mailbox", v.mailbox, "err", err)
+		}
 	}
 	return nil
+}
+
+// copyOnReadMax is how many old-only messages one FETCH may copy on read.
+const copyOnReadMax = 8
+
+// readsWholeMessage reports whether a FETCH reads a whole message
+// (BODY[], BODY.PEEK[], RFC822), as a client opening it does.
+func readsWholeMessage(o *imap.FetchOptions) bool {
+	for _, b := range o.BodySection {
+		if b.Specifier == imap.PartSpecifierNone && len(b.Part) == 0 && b.Partial == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // setsSeen reports whether a FETCH sets \Seen (a body section without PEEK).
