@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/store"
 )
 
 // imapSession serves one client connection from one upstream connection
@@ -47,6 +48,7 @@ type imapSession struct {
 	roleNew, roleOld   map[string]string // special-use pairs: old name <-> new name
 	vm                 *vmail            // the selected mailbox's view
 	oldExamined        string            // mailbox EXAMINEd on oldUp, "" when unsure
+	wIsOld             bool              // state old after a rollback: newUp is old's connection, mapped by the Old side
 	oldSelData         *imap.SelectData
 	state              string // the state the session serves
 	flips              <-chan struct{}
@@ -162,7 +164,7 @@ func (s *imapSession) Login(username, password string) error {
 	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
 	var up *backend.IMAPConn
 	var err error
-	if route.State == config.StateOld {
+	if route.State == config.StateOld && !s.hasMaps(username, route) {
 		up, err = s.dialUpstream(route, username, password)
 	} else {
 		err = s.loginVirtual(route, username, password)
@@ -1125,4 +1127,19 @@ func (s *imapSession) Namespace() (*imap.NamespaceData, error) {
 		delim = list[0].Delim
 	}
 	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: "", Delim: delim}}}, nil
+}
+
+// hasMaps reports whether user has UID maps (has been migrating): then
+// state old is served through them (old as the only side), so a rollback
+// never gives a virtual UID a second meaning.
+func (s *imapSession) hasMaps(user string, route *Route) bool {
+	if route.New == nil || s.srv.opts.Maps == nil {
+		return false
+	}
+	var names []string
+	s.srv.opts.Maps.Store().View(context.Background(), func(tx store.Tx) error {
+		names, _ = store.ListMaps(tx, user)
+		return nil
+	})
+	return len(names) > 0
 }

@@ -885,15 +885,6 @@ func sha256Of(b []byte) [32]byte { return sha256.Sum256(b) }
 // such as the message it appended in migrating; back in migrating the
 // late delivery is visible once, and what the client saw keeps its UID.
 func TestMigrationRollbackLateDelivery(t *testing.T) {
-	// KNOWN OPEN BUG (reported in the issue 3 closing note): after a
-	// rollback to old, a session is served straight from old, ignoring the
-	// UID map, so a message delivered to old after the rollback can take a
-	// UID that named a message appended to new during migrating
-	// (invariant 1). Fixing it needs state old to be served through the map
-	// (old as the only, writable, side). Run with PECGATE_KNOWN_BUGS=1.
-	if os.Getenv("PECGATE_KNOWN_BUGS") == "" {
-		t.Skip("known open bug: rollback to old reuses virtual UIDs of messages appended during migrating; see the comment")
-	}
 	m := startMigration(t, testUser)
 	var seeds []dovetest.SeedMessage
 	for i := range 4 {

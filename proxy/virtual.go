@@ -124,8 +124,8 @@ func (s *imapSession) mapFor(ctx context.Context, mailbox string) (*store.MapEnt
 		return e, nil
 	}
 	var m *store.Map
-	if s.oldUp != nil {
-		st, err := s.oldUp.Status(mailbox, &imap.StatusOptions{UIDNext: true, UIDValidity: true}).Wait()
+	if oldC := s.oldSide(); oldC != nil {
+		st, err := oldC.Status(mailbox, &imap.StatusOptions{UIDNext: true, UIDValidity: true}).Wait()
 		switch {
 		case err == nil:
 			m = store.NewMap(st.UIDValidity, store.UID(st.UIDNext))
@@ -258,11 +258,11 @@ func (v *vmail) refresh(ctx context.Context) error {
 	changed := false
 	var view []store.UID
 	for _, n := range newUIDs {
-		vu, ok := m.ByNew(n)
+		vu, ok := v.s.byW(m, n)
 		if !ok {
 			// Unknown, or expunged by the user (AddNew then returns the
 			// existing, gone, virtual UID).
-			vu = m.AddNew(n)
+			vu = v.s.addW(m, n)
 			changed = true
 		}
 		if vu == 0 || m.IsGone(vu) {
@@ -437,6 +437,9 @@ func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
 	defer v.entry.Unlock()
 	for _, u := range vs {
 		o, n, ok := v.entry.M.Lookup(u)
+		if v.s.wIsOld {
+			n, o = o, 0 // old is the only, writable, side
+		}
 		if n != 0 && o != 0 && v.old != nil {
 			// Copied by another connection (the back-fill) since this
 			// session last looked at new: new's view here does not hold
@@ -668,7 +671,7 @@ func (v *vmail) expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
 	var gone []store.UID
 	v.entry.Lock()
 	for _, n := range res.AllUIDs() {
-		u, ok := v.entry.M.ByNew(store.UID(n))
+		u, ok := v.s.byW(v.entry.M, store.UID(n))
 		if !ok || (uids != nil && !uids.Contains(imap.UID(u))) {
 			continue
 		}
@@ -754,7 +757,7 @@ func (v *vmail) copyTo(numSet imap.NumSet, dest string) (*imap.CopyData, []store
 			if i >= len(dstN) {
 				break
 			}
-			du := destEntry.M.AddNew(store.UID(dstN[i]))
+			du := v.s.addW(destEntry.M, store.UID(dstN[i]))
 			vdst.AddNum(imap.UID(du))
 			vsrc.AddNum(imap.UID(v.viewOfNew(store.UID(srcN[i]))))
 		}
@@ -771,7 +774,7 @@ func (v *vmail) copyTo(numSet imap.NumSet, dest string) (*imap.CopyData, []store
 func (v *vmail) viewOfNew(n store.UID) store.UID {
 	v.entry.Lock()
 	defer v.entry.Unlock()
-	u, _ := v.entry.M.ByNew(n)
+	u, _ := v.s.byW(v.entry.M, n)
 	return u
 }
 
@@ -954,7 +957,7 @@ func (s *imapSession) appendVirtual(mailbox string, r imap.LiteralReader, option
 	}
 	entry.Lock()
 	defer entry.Unlock()
-	u := entry.M.AddNew(store.UID(data.UID))
+	u := s.addW(entry.M, store.UID(data.UID))
 	if err := s.srv.opts.Maps.Save(ctx, entry, nil); err != nil {
 		return nil, err
 	}
@@ -1135,7 +1138,7 @@ func (s *imapSession) mapRoles(ctx context.Context) {
 // could take them for new arrivals (invariant 6).
 func (v *vmail) recover(ctx context.Context, newUIDs []store.UID) error {
 	copier := v.s.srv.opts.Copier
-	if copier == nil {
+	if copier == nil || v.s.wIsOld {
 		return nil
 	}
 	v.entry.Lock()
@@ -1169,4 +1172,29 @@ func (v *vmail) knownGone(n store.UID) bool {
 		}
 	}
 	return false
+}
+
+// oldSide is the connection to the old provider in virtual mode, or nil in
+// state new.
+func (s *imapSession) oldSide() *backend.IMAPConn {
+	if s.wIsOld {
+		return s.newUp
+	}
+	return s.oldUp
+}
+
+// byW and addW look up and add a UID of the writable side: new's, or, in
+// state old once a mailbox has a map (after a rollback), old's.
+func (s *imapSession) byW(m *store.Map, u store.UID) (store.UID, bool) {
+	if s.wIsOld {
+		return m.ByOld(u)
+	}
+	return m.ByNew(u)
+}
+
+func (s *imapSession) addW(m *store.Map, u store.UID) store.UID {
+	if s.wIsOld {
+		return m.AddOld(u)
+	}
+	return m.AddNew(u)
 }

@@ -26,6 +26,19 @@ func (s *imapSession) virtual() bool { return s.newUp != nil }
 func (s *imapSession) loginVirtual(route *Route, username, password string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
+	if route.State == config.StateOld {
+		// After a rollback: old is the only side, and writable, but its
+		// mailboxes keep the virtual UIDs of the map (invariant 1).
+		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, s.clientOptions("new"))
+		if err != nil {
+			return err
+		}
+		s.newUp, s.wIsOld = up, true
+		s.newDelim = delimOf(up)
+		s.oldDelim = s.newDelim
+		s.state, s.route = route.State, route
+		return nil
+	}
 	if route.State == config.StateMigrating {
 		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, s.clientOptions("old"))
 		if err != nil {
@@ -177,7 +190,13 @@ func (s *imapSession) checkFlip() {
 		s.mu.Lock()
 		s.queue = nil
 		s.mu.Unlock()
-		s.oldUp, s.up, s.newUp = s.up, nil, up
+		oldConn := s.up
+		if s.wIsOld {
+			// Served through the map after a rollback: the same old
+			// connection becomes the read-only side again.
+			oldConn, s.wIsOld, s.oldExamined = s.newUp, false, ""
+		}
+		s.oldUp, s.up, s.newUp = oldConn, nil, up
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
 		s.log = s.log.With("provider", route.Provider.Name, "state", to)
@@ -486,7 +505,7 @@ func (v *vmail) relayFlags(w *imapserver.UpdateWriter, u update) error {
 	var vu store.UID
 	var ok bool
 	if sd == v.new {
-		vu, ok = v.entry.M.ByNew(su)
+		vu, ok = v.s.byW(v.entry.M, su)
 	} else {
 		vu, ok = v.entry.M.ByOld(su)
 		if _, n, _ := v.entry.M.Lookup(vu); n != 0 {
