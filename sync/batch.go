@@ -218,6 +218,7 @@ func (p *pass) copyBatch(f *folder, msgs []*oldMsg) (rest []*oldMsg, noUID bool,
 	body := &imap.FetchItemBodySection{Peek: true}
 	cmd := oldC.Fetch(set, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}})
 	var failed *batchItem // the APPEND that broke new's connection
+	var fetchErr error
 	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
 		var uid imap.UID
 		for item := msg.Next(); item != nil; item = msg.Next() {
@@ -236,7 +237,8 @@ func (p *pass) copyBatch(f *folder, msgs []*oldMsg) (rest []*oldMsg, noUID bool,
 				}
 				it.app = newC.Append(f.New, it.o.Size, &imap.AppendOptions{Flags: it.o.Flags, Time: it.o.Date})
 				it.state = bsSent
-				n, err := io.Copy(it.app, d.Literal)
+				src := &readErr{r: d.Literal}
+				n, err := io.Copy(it.app, src)
 				if err == nil && n != it.o.Size {
 					err = io.ErrUnexpectedEOF
 				}
@@ -248,6 +250,13 @@ func (p *pass) copyBatch(f *folder, msgs []*oldMsg) (rest []*oldMsg, noUID bool,
 					it.app.Close()
 					it.err = fmt.Errorf("stream old UID %d: %w", it.o.UID, err)
 					failed = it
+					if src.err != nil || oldBroken(oldC) {
+						// The old side broke mid-literal: imapclient's reader
+						// has moved on, and reading the rest of the literal
+						// (Next discards it) would race with it on the
+						// connection's buffer. Stop touching the command.
+						goto fetched
+					}
 					continue
 				}
 				if err := it.app.Close(); err != nil {
@@ -258,7 +267,8 @@ func (p *pass) copyBatch(f *folder, msgs []*oldMsg) (rest []*oldMsg, noUID bool,
 			}
 		}
 	}
-	fetchErr := cmd.Close()
+	fetchErr = cmd.Close()
+fetched:
 
 	// (3) Every APPEND's answer, then one transaction for the window.
 	for _, it := range items {
@@ -399,4 +409,29 @@ func (p *pass) recoverNow(f *folder) error {
 		p.addError(KindUpstream, f.Old, 0, fmt.Sprintf("resolve the copies in flight: %v", err))
 	}
 	return nil
+}
+
+// oldBroken reports whether the old connection is closed.
+func oldBroken(c interface{ Closed() <-chan struct{} }) bool {
+	select {
+	case <-c.Closed():
+		return true
+	default:
+		return false
+	}
+}
+
+// readErr remembers a read error, telling a broken source from a broken
+// destination in io.Copy.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
 }

@@ -90,7 +90,8 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 		return 0, fmt.Errorf("record copy intent of %d: %w", v, err)
 	}
 	app := newC.Append(newMailbox, lit.Size(), &imap.AppendOptions{Flags: flags, Time: meta[0].InternalDate})
-	n, err := io.Copy(app, lit)
+	src := &readErr{r: lit}
+	n, err := io.Copy(app, src)
 	if err == nil && n != lit.Size() {
 		err = io.ErrUnexpectedEOF
 	}
@@ -99,6 +100,12 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 		// no truncated copy is stored.
 		newC.Close()
 		app.Close()
+		if src.err != nil {
+			// Old broke mid-literal: close it (Close waits for imapclient's
+			// reader to stop) before the deferred cmd.Close discards the
+			// rest, or both would read the connection's buffer at once.
+			oldC.Close()
+		}
 		return 0, fmt.Errorf("stream old UID %d: %w", oldUID, err)
 	}
 	if err := app.Close(); err != nil {
