@@ -487,6 +487,10 @@ func (e *Engine) runScheduled(ctx context.Context, route *store.Route, s *userSc
 	s.running, s.lastEnd = false, now
 	switch {
 	case ctx.Err() != nil:
+	case errors.Is(err, ErrNeedsLogin) && s.password != "":
+		// Remember ran while this pass was failing for want of the
+		// password: go again now rather than wait for a wake already spent.
+		s.next = time.Time{}
 	case errors.Is(err, ErrNeedsLogin):
 		s.waitLogin = true
 		log.Info("back-fill waits for the member to log in")
