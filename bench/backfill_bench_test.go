@@ -26,11 +26,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/pecgate/pecgate/backend"
-	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/internal/dovetest"
 	"github.com/pecgate/pecgate/store"
-	"github.com/pecgate/pecgate/store/bolt"
 	"github.com/pecgate/pecgate/sync"
 )
 
@@ -523,65 +520,8 @@ func (l *logBuffer) String() string {
 // -> nw, with a new bbolt store under storeParent.
 func backfillPecgate(b *testing.B, old, nw *dovetest.Server, storeParent string) bfRun {
 	b.Helper()
-	dir := b.TempDir()
-	storeDir, err := os.MkdirTemp(storeParent, "pecgate-bench-backfill-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(storeDir) })
-	masterFile := filepath.Join(dir, "new.master")
-	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	file := fmt.Sprintf(`[server]
-hostname = "localhost"
-imaps = ""
-imap = ""
-smtps = ""
-submission = ""
-admin = ""
-
-[store]
-path = %q
-
-[providers.old]
-imap = "imaps://%s"
-smtp = "smtps://%s"
-auth = "passthrough"
-ca = %q
-
-[providers.new]
-imap = "imaps://%s"
-smtp = "smtps://%s"
-auth = "master"
-master_user = %q
-master_password_file = %q
-master_style = "sasl"
-ca = %q
-
-[domains.%q]
-old = "old"
-new = "new"
-state = "migrating"
-`, storeDir, old.IMAPSAddr, old.SubmissionAddr, old.CAFile,
-		nw.IMAPSAddr, nw.SubmissionAddr, nw.MasterUser, masterFile, nw.CAFile, benchDomain)
-	cfg, err := config.Parse([]byte(file), "bench.toml")
-	if err != nil {
-		b.Fatalf("gateway config: %v", err)
-	}
-	backends, err := backend.New(cfg, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := bolt.Open(cfg.Store.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	router, err := store.NewRouter(context.Background(), cfg, st)
-	if err != nil {
-		b.Fatal(err)
-	}
+	mw := newMigratingWiring(b, old, nw, storeParent, "pecgate-bench-backfill-")
+	cfg, backends, st, router := mw.cfg, mw.backends, mw.st, mw.router
 	logs := &logBuffer{}
 	eng := sync.NewEngine(sync.Options{
 		Config: cfg, Store: st, Maps: store.NewMapCache(st, 0), Router: router, Backends: backends,

@@ -207,70 +207,14 @@ type migGateway struct {
 // when the benchmark ends.
 func startMigratingGateway(b *testing.B, old, nw *dovetest.Server, storeParent string) *migGateway {
 	b.Helper()
+	mw := newMigratingWiring(b, old, nw, storeParent, "pecgate-bench-store-")
+	cfg, backends, st, router := mw.cfg, mw.backends, mw.st, mw.router
 	dir := b.TempDir()
-	storeDir, err := os.MkdirTemp(storeParent, "pecgate-bench-store-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(storeDir) })
 	ca, err := certs.NewTestCA()
 	if err != nil {
 		b.Fatal(err)
 	}
 	certFile, keyFile, err := ca.WriteFiles(dir, "gw", "localhost", "127.0.0.1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	masterFile := filepath.Join(dir, "new.master")
-	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	file := fmt.Sprintf(`[server]
-hostname = "localhost"
-imaps = ""
-imap = ""
-smtps = ""
-submission = ""
-admin = ""
-
-[store]
-path = %q
-
-[providers.old]
-imap = "imaps://%s"
-smtp = "smtps://%s"
-auth = "passthrough"
-ca = %q
-
-[providers.new]
-imap = "imaps://%s"
-smtp = "smtps://%s"
-auth = "master"
-master_user = %q
-master_password_file = %q
-master_style = "sasl"
-ca = %q
-
-[domains.%q]
-old = "old"
-new = "new"
-state = "migrating"
-`, storeDir, old.IMAPSAddr, old.SubmissionAddr, old.CAFile,
-		nw.IMAPSAddr, nw.SubmissionAddr, nw.MasterUser, masterFile, nw.CAFile, benchDomain)
-	cfg, err := config.Parse([]byte(file), "bench.toml")
-	if err != nil {
-		b.Fatalf("gateway config: %v", err)
-	}
-	backends, err := backend.New(cfg, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := bolt.Open(cfg.Store.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	router, err := store.NewRouter(context.Background(), cfg, st)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -459,4 +403,79 @@ func (r migResult) report(b *testing.B) {
 	fmt.Fprintf(&t, "  stored UID map of INBOX: %d bytes, %d runs, frozen %d, next %d\n", r.mapBytes, r.mapRuns, r.mapFrozen, r.mapNext)
 	// testing keeps only the first 10 lines a benchmark logs.
 	b.Log("\n" + strings.TrimSuffix(t.String(), "\n"))
+}
+
+// migratingWiring is what `pecgate serve` builds for benchDomain in state
+// migrating (old passthrough, new through its master user), shared by the
+// benchmarks: the parsed config, the providers, an open bbolt store in a
+// new directory under storeParent, and the router. Closed at the end.
+type migratingWiring struct {
+	cfg      *config.Config
+	backends *backend.Set
+	st       store.Store
+	router   *store.Router
+}
+
+func newMigratingWiring(b *testing.B, old, nw *dovetest.Server, storeParent, prefix string) *migratingWiring {
+	b.Helper()
+	dir := b.TempDir()
+	storeDir, err := os.MkdirTemp(storeParent, prefix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(storeDir) })
+	masterFile := filepath.Join(dir, "new.master")
+	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	file := fmt.Sprintf(`[server]
+hostname = "localhost"
+imaps = ""
+imap = ""
+smtps = ""
+submission = ""
+admin = ""
+
+[store]
+path = %q
+
+[providers.old]
+imap = "imaps://%s"
+smtp = "smtps://%s"
+auth = "passthrough"
+ca = %q
+
+[providers.new]
+imap = "imaps://%s"
+smtp = "smtps://%s"
+auth = "master"
+master_user = %q
+master_password_file = %q
+master_style = "sasl"
+ca = %q
+
+[domains.%q]
+old = "old"
+new = "new"
+state = "migrating"
+`, storeDir, old.IMAPSAddr, old.SubmissionAddr, old.CAFile,
+		nw.IMAPSAddr, nw.SubmissionAddr, nw.MasterUser, masterFile, nw.CAFile, benchDomain)
+	cfg, err := config.Parse([]byte(file), "bench.toml")
+	if err != nil {
+		b.Fatalf("gateway config: %v", err)
+	}
+	backends, err := backend.New(cfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := bolt.Open(cfg.Store.Path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	router, err := store.NewRouter(context.Background(), cfg, st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &migratingWiring{cfg: cfg, backends: backends, st: st, router: router}
 }

@@ -617,7 +617,7 @@ func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) err
 			return err
 		}
 		if errors.Is(err, errFlipped) {
-			s.flipPending()
+			s.applyFlip()
 			if s.virtual() {
 				return s.vIdle(w, stop)
 			}

@@ -596,10 +596,6 @@ func (v *vmail) ensureCopied(ctx context.Context, vs []store.UID) (map[store.UID
 			return nil, fmt.Errorf("copy of message %d to the new provider: %w", u, err)
 		}
 		out[u] = n
-		if _, seen := slices.BinarySearch(v.new.uids, n); !seen {
-			v.new.uids = append(v.new.uids, n)
-			slices.Sort(v.new.uids)
-		}
 	}
 	// A message another connection copied is not in this session's view
 	// of new until it syncs: let Dovecot catch up (searchAll NOOPs first)
@@ -795,11 +791,11 @@ func (v *vmail) search(kind imapserver.NumKind, criteria *imap.SearchCriteria, o
 		}
 		return v.searchData(kind, hits), nil
 	}
+	oldU, newU := v.split(all)
 	for _, sd := range []*vside{v.old, v.new} {
 		if sd == nil {
 			continue
 		}
-		oldU, newU := v.split(all)
 		serves := newU
 		if sd == v.old {
 			serves = oldU

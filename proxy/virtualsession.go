@@ -167,7 +167,15 @@ func (s *imapSession) checkFlip() {
 	}
 	select {
 	case <-s.flips:
+		s.applyFlip()
 	default:
+	}
+}
+
+// applyFlip re-resolves the user's route after a router change (whose
+// token the caller took) and follows it.
+func (s *imapSession) applyFlip() {
+	if s.route == nil {
 		return
 	}
 	route := s.srv.opts.resolve(s.route.User)
@@ -567,19 +575,9 @@ func (s *imapSession) vIdle(w *imapserver.UpdateWriter, stop <-chan struct{}) er
 		}
 		if flipped {
 			// Applied with both IDLEs ended: a flip may log out of old.
-			s.flipPending()
+			s.applyFlip()
 		}
 	}
-}
-
-// flipPending puts back the flip token vIdle consumed, for checkFlip.
-func (s *imapSession) flipPending() {
-	ch := make(chan struct{}, 1)
-	ch <- struct{}{}
-	orig := s.flips
-	s.flips = ch
-	s.checkFlip()
-	s.flips = orig
 }
 
 func (s *imapSession) vMove(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {

@@ -11,7 +11,6 @@ package sync
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -208,35 +207,16 @@ func (Copier) Recover(ctx context.Context, oldC, newC *backend.IMAPConn, entry *
 	return adopted, nil
 }
 
-// sameBytes compares the SHA-256 of old UID o and new UID n, streaming.
+// sameBytes compares the SHA-256 of old UID o and new UID n, streaming
+// (hashUID, shared with adoption). A UID gone from either side is no match.
 func sameBytes(oldC, newC *backend.IMAPConn, o, n store.UID) (bool, error) {
-	h1, err := bodyHash(oldC, o)
-	if err != nil {
+	h1, _, ok1, err := hashUID(oldC, o)
+	if err != nil || !ok1 {
 		return false, err
 	}
-	h2, err := bodyHash(newC, n)
-	if err != nil {
+	h2, _, ok2, err := hashUID(newC, n)
+	if err != nil || !ok2 {
 		return false, err
 	}
 	return h1 == h2, nil
-}
-
-func bodyHash(c *backend.IMAPConn, uid store.UID) ([32]byte, error) {
-	var sum [32]byte
-	body := &imap.FetchItemBodySection{Peek: true}
-	cmd := c.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{body}})
-	defer cmd.Close()
-	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
-		for item := msg.Next(); item != nil; item = msg.Next() {
-			if b, ok := item.(imapclient.FetchItemDataBodySection); ok {
-				h := sha256.New()
-				if _, err := io.Copy(h, b.Literal); err != nil {
-					return sum, err
-				}
-				copy(sum[:], h.Sum(nil))
-				return sum, cmd.Close()
-			}
-		}
-	}
-	return sum, fmt.Errorf("UID %d: no body", uid)
 }

@@ -8,7 +8,6 @@ package main
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/internal/dovetest"
 	"github.com/pecgate/pecgate/store"
 	"github.com/pecgate/pecgate/store/bolt"
@@ -79,25 +77,11 @@ const killMaxProbes = 100
 // setup's dir/store.
 func migratingSetup(t *testing.T, old, nw *dovetest.Server) *e2eSetup {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := certs.NewTestCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile, err := ca.WriteFiles(dir, "gw", "localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, certFile, keyFile := newE2ESetup(t)
+	dir := s.dir
 	masterFile := filepath.Join(dir, "new.master")
 	if err := os.WriteFile(masterFile, []byte(nw.MasterPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.CertPEM())
-	ports := freeAddrs(t, len(e2eListeners))
-	s := &e2eSetup{dir: dir, configPath: filepath.Join(dir, "pecgate.toml"), addrs: map[string]string{}, pool: pool}
-	for i, l := range e2eListeners {
-		s.addrs[l] = ports[i]
 	}
 	cfg := fmt.Sprintf(`[server]
 hostname = "localhost"

@@ -140,28 +140,38 @@ type e2eSetup struct {
 
 var e2eListeners = []string{"imaps", "imap", "smtps", "submission"}
 
-// writeE2EConfig writes a complete serve configuration: every client
-// listener on a free loopback port, no admin listener, a certificate for
-// localhost/127.0.0.1 from a fresh test CA, domain example.org on old in
-// state old; serverExtra is added to [server] and extra appended, verbatim.
-func writeE2EConfig(t *testing.T, old *dovetest.Server, serverExtra, extra string) *e2eSetup {
+// newE2ESetup makes what every serve configuration of these tests shares:
+// a temp dir, a gateway certificate for localhost/127.0.0.1 from a fresh
+// test CA (trusted by s.pool), and a free loopback port per listener.
+func newE2ESetup(t *testing.T) (s *e2eSetup, certFile, keyFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := certs.NewTestCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile, err := ca.WriteFiles(dir, "gw", "localhost", "127.0.0.1")
+	certFile, keyFile, err = ca.WriteFiles(dir, "gw", "localhost", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.CertPEM())
 	ports := freeAddrs(t, len(e2eListeners))
-	s := &e2eSetup{dir: dir, configPath: filepath.Join(dir, "pecgate.toml"), addrs: map[string]string{}, pool: pool}
+	s = &e2eSetup{dir: dir, configPath: filepath.Join(dir, "pecgate.toml"), addrs: map[string]string{}, pool: pool}
 	for i, l := range e2eListeners {
 		s.addrs[l] = ports[i]
 	}
+	return s, certFile, keyFile
+}
+
+// writeE2EConfig writes a complete serve configuration: every client
+// listener on a free loopback port, no admin listener, a certificate for
+// localhost/127.0.0.1 from a fresh test CA, domain example.org on old in
+// state old; serverExtra is added to [server] and extra appended, verbatim.
+func writeE2EConfig(t *testing.T, old *dovetest.Server, serverExtra, extra string) *e2eSetup {
+	t.Helper()
+	s, certFile, keyFile := newE2ESetup(t)
+	dir := s.dir
 	cfg := fmt.Sprintf(`[server]
 hostname = "localhost"
 imaps = %q
