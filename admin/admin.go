@@ -31,7 +31,6 @@
 package admin
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -39,7 +38,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"io"
 	"log/slog"
 	"net/http"
@@ -71,15 +69,13 @@ type Options struct {
 	// unless Progress is set, a user's progress is read from it
 	// (UserProgress). nil: no progress but what Progress returns.
 	Store store.Store
+	// Metrics serves GET /metrics (promhttp on the gateway's registry).
+	// nil answers 501.
+	Metrics http.Handler
 }
 
 // maxBody bounds a PUT body.
 const maxBody = 64 << 10
-
-//go:embed page.html
-var pageHTML string
-
-var pageTemplate = template.Must(template.New("page").Parse(pageHTML))
 
 type server struct {
 	Options
@@ -114,6 +110,7 @@ func New(opts Options) http.Handler {
 	api.Handle("/api/v1/users/{user}", s.notAllowed("GET, PUT"))
 	api.Handle("GET /api/v1/users/{user}/progress", s.serve(s.getProgress))
 	api.Handle("/api/v1/users/{user}/progress", s.notAllowed("GET"))
+	s.routePageAPI(api)
 	api.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such API path: %s", r.URL.Path)
 	}))
@@ -126,12 +123,16 @@ func New(opts Options) http.Handler {
 	mux.Handle("/healthz", s.notAllowed("GET"))
 	mux.Handle("GET /readyz", s.serve(s.getReady))
 	mux.Handle("/readyz", s.notAllowed("GET"))
-	mux.Handle("GET /metrics", s.serve(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotImplemented, "metrics are not available in this version yet: Prometheus metrics come with a later issue")
-	}))
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	} else {
+		mux.Handle("GET /metrics", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+			return errorf(http.StatusNotImplemented, "metrics are not kept by this gateway")
+		}))
+	}
 	mux.Handle("/metrics", s.notAllowed("GET"))
-	mux.Handle("GET /{$}", s.serve(s.getPage))
-	mux.Handle("/{$}", s.notAllowed("GET"))
+	s.routePage(mux)
+	s.routeMember(mux)
 	mux.Handle("/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such path: %s", r.URL.Path)
 	}))
@@ -222,17 +223,6 @@ func (s *server) getReady(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return writeText(w, "ok\n")
-}
-
-func (s *server) getPage(w http.ResponseWriter, r *http.Request) error {
-	var buf bytes.Buffer
-	if err := pageTemplate.Execute(&buf, s.Router.Domains()); err != nil {
-		return fmt.Errorf("render the status page: %w", err)
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	_, err := w.Write(buf.Bytes())
-	return err
 }
 
 func domainDoc(d store.DomainStatus) Domain {

@@ -23,17 +23,30 @@ import (
 // or ctx ends; addr is the bound address. It keeps no progress and is
 // always ready: startAdminFor with no store and no providers.
 func startAdmin(ctx context.Context, cfg *config.Config, router *store.Router, log *slog.Logger) (addr string, stop func(), err error) {
-	return startAdminFor(ctx, cfg, router, nil, nil, log)
+	return startAdminFor(ctx, cfg, adminDeps{Router: router}, log)
+}
+
+// adminDeps are what the admin listener serves from. Router is required;
+// every other field may be nil.
+type adminDeps struct {
+	Router *store.Router
+	// Store is where the copy progress is read; with Backends, what GET
+	// /readyz checks.
+	Store    store.Store
+	Backends *backend.Set
+	// Metrics serves GET /metrics; nil answers 501.
+	Metrics http.Handler
 }
 
 // startAdminFor serves the admin API on [server] admin until stop is
 // called or ctx ends; addr is the bound address. With the listener
 // disabled ("") it returns "", a no-op stop and no error. The token comes
 // from [admin] token_file, trimmed; an empty token is an error, a file
-// that group or others may read only a warning. st, when not nil, is where
-// the copy progress is read; st and backends, when not nil, are what
-// GET /readyz checks (ready).
-func startAdminFor(ctx context.Context, cfg *config.Config, router *store.Router, st store.Store, backends *backend.Set, log *slog.Logger) (addr string, stop func(), err error) {
+// that group or others may read only a warning. deps.Store, when not nil,
+// is where the copy progress is read; deps.Store and deps.Backends, when
+// not nil, are what GET /readyz checks (ready).
+func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log *slog.Logger) (addr string, stop func(), err error) {
+	router, st, backends := deps.Router, deps.Store, deps.Backends
 	listen := config.Addr(cfg.Server.Admin)
 	if listen == "" {
 		return "", func() {}, nil
@@ -42,7 +55,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, router *store.Router
 	if err != nil {
 		return "", nil, err
 	}
-	opts := admin.Options{Router: router, Token: token, Log: log, Store: st}
+	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}

@@ -47,7 +47,7 @@ func startProgressSetup(t *testing.T) (*adminSetup, *bolt.DB) {
 	if s.router, err = store.NewRouter(context.Background(), cfg, db); err != nil {
 		t.Fatal(err)
 	}
-	addr, stop, err := startAdminFor(context.Background(), cfg, s.router, db, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	addr, stop, err := startAdminFor(context.Background(), cfg, adminDeps{Router: s.router, Store: db}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +422,7 @@ new = "infocert"
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, stop, err := startAdminFor(context.Background(), cfg, router, db, backends, slog.New(slog.DiscardHandler))
+	addr, stop, err := startAdminFor(context.Background(), cfg, adminDeps{Router: router, Store: db, Backends: backends}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
