@@ -2,11 +2,19 @@
 # run as root it first installs what the tests need from Debian's packages.
 GO ?= go
 PKGS := dovecot-imapd dovecot-lmtpd isync curl python3 procps
+# systemd-analyze checks dist/pecgate.service (already there on most Debian systems).
+PKGS += systemd
 
-.PHONY: test deps bench build vet fmt
+.PHONY: test deps bench build vet fmt docs
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/pecgate ./cmd/pecgate
+
+# docs regenerates docs/config.md and the configuration reference in
+# README.md from the doc comments in config/*.go (a test fails when they
+# are out of date).
+docs:
+	$(GO) run ./internal/configdoc
 
 deps:
 	@missing=""; \
