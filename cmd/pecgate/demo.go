@@ -35,7 +35,11 @@ func runDemoContext(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "usage: pecgate demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]\n\n"+
 			"Runs two in-process mail providers, \"old\" and \"new\", and the gateway in front of\n"+
 			"them on 127.0.0.1, serving %s in state old; prints the addresses, users,\n"+
-			"passwords and commands to try. SIGINT or SIGTERM stops it.\n\nflags:\n", demo.Domain)
+			"passwords and commands to try. SIGINT or SIGTERM stops it.\n\n"+
+			"examples:\n"+
+			"  pecgate demo                          # ports 1993, 1143, 1465, 1587 when free\n"+
+			"  pecgate demo -random-ports -quiet     # any free ports, no logs\n"+
+			"  pecgate demo -dir /tmp/pecgate-demo   # keep its files (store, certificates) afterwards\n\nflags:\n", demo.Domain)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

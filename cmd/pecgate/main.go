@@ -55,7 +55,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		for _, c := range commands() {
 			fmt.Fprintf(stderr, "  %-10s %s\n", c.name, c.summary)
 		}
-		fmt.Fprintln(stderr, "\nRun 'pecgate COMMAND -h' for a command's flags.")
+		fmt.Fprintln(stderr, "\nexamples:\n"+
+			"  pecgate demo                                   # try it all on localhost\n"+
+			"  pecgate serve -config /etc/pecgate/pecgate.toml\n"+
+			"  pecgate route pec.ordine.example migrating\n"+
+			"  pecgate status -watch pec.ordine.example\n"+
+			"\nRun 'pecgate COMMAND -h' for a command's flags and examples.")
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage()
@@ -75,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case errors.Is(err, flag.ErrHelp):
 			return 0
 		case errors.Is(err, errUsage):
-			fmt.Fprintf(stderr, "usage: pecgate %s\n", c.usage)
+			fmt.Fprintf(stderr, "usage: pecgate %s\n(run 'pecgate %s -h' for the flags and examples)\n", c.usage, c.name)
 			return 2
 		default:
 			fmt.Fprintf(stderr, "pecgate %s: %v\n", c.name, err)

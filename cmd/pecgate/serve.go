@@ -30,9 +30,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	logFormat := fs.String("log-format", "", "json or text (default: the config's [log] format)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: pecgate serve [-config FILE] [-log-format json|text]\n\n"+
-			"Runs the gateway: IMAP on [server] imaps/imap, submission on smtps/submission.\n"+
+			"Runs the gateway: IMAP on [server] imaps/imap, submission on smtps/submission,\n"+
+			"the admin API and status page on [server] admin, and the back-fill of every\n"+
+			"domain or member in state migrating. The configuration is checked whole first:\n"+
+			"every problem is listed with its line, and nothing starts.\n\n"+
 			"SIGTERM or SIGINT: stop accepting, BYE to idle sessions, wait up to shutdown_grace, exit.\n"+
-			"SIGHUP: reload the TLS certificates.\n\nexample:\n  pecgate serve -config /etc/pecgate/pecgate.toml\n\nflags:\n")
+			"SIGHUP: reload the TLS certificates (systemctl reload pecgate).\n\n"+
+			"examples:\n"+
+			"  pecgate serve -config /etc/pecgate/pecgate.toml\n"+
+			"  pecgate serve -config ./pecgate.toml -log-format text   # readable logs on a terminal\n"+
+			"  systemctl start pecgate                                 # the same, from dist/pecgate.service\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

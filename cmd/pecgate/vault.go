@@ -39,7 +39,9 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 			"checked first: if any is wrong, all problems are listed with their line\n"+
 			"numbers and nothing is written. An address imported again is replaced.\n"+
 			"The embedded store allows one process: stop the gateway while importing.\n\n"+
-			"example:\n  pecgate vault -config /etc/pecgate/pecgate.toml import infocert.csv\n\nflags:\n")
+			"examples:\n"+
+			"  pecgate vault import -check infocert.csv   # check every row; write nothing\n"+
+			"  pecgate vault -config /etc/pecgate/pecgate.toml import infocert.csv\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
