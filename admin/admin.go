@@ -13,6 +13,7 @@
 //	GET /api/v1/users/{user}         a user's route and copy progress (User)
 //	PUT /api/v1/users/{user}         the same body; {"state":""} removes the user's own state
 //	GET /api/v1/users/{user}/progress  the copy progress alone (404 when not kept)
+//	GET /api/v1/backup               a consistent copy of the store file, streamed (backup.go)
 //
 // Copy progress (progress.go) is read from Options.Store: per user with
 // measured rates, an ETA and a hint per problem (UserProgress), per domain
@@ -111,6 +112,7 @@ func New(opts Options) http.Handler {
 	api.Handle("GET /api/v1/users/{user}/progress", s.serve(s.getProgress))
 	api.Handle("/api/v1/users/{user}/progress", s.notAllowed("GET"))
 	s.routePageAPI(api)
+	s.routeBackup(api)
 	api.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such API path: %s", r.URL.Path)
 	}))

@@ -43,7 +43,7 @@ func TestHelp(t *testing.T) {
 				}
 				n++
 				for _, f := range fields[2:] {
-					if !strings.HasPrefix(f, "-") {
+					if !strings.HasPrefix(f, "-") || f == "-" {
 						continue
 					}
 					name, _, _ := strings.Cut(f, "=")

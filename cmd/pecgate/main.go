@@ -7,6 +7,7 @@
 //	pecgate preflight DOMAIN           check every member before a flip
 //	pecgate verify  DOMAIN|USER        audit old against new
 //	pecgate vault   import FILE.csv    import provider credentials
+//	pecgate backup  OUT.db             copy the store (admin API, or the file)
 package main
 
 import (
@@ -33,6 +34,7 @@ func commands() []command {
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
 		{"verify", "verify [-config FILE] [-out DIR] [-passwords FILE] [-v] DOMAIN|USER", "audit old against new: CSV, JSON and SHA-256 reports", runVerify},
 		{"vault", "vault [-config FILE] import [-check] FILE.csv", "import provider credentials", runVault},
+		{"backup", "backup [-config FILE] [-force] OUT.db", "copy the store, while the gateway runs", runBackup},
 	}
 }
 
