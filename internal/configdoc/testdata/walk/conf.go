@@ -24,7 +24,7 @@ type Server struct {
 	Pairs []Pair `toml:"pairs"`
 	// Member is a nested listener.
 	Member Listener `toml:"member"`
-	Lonely int     `toml:"lonely"`
+	Lonely int      `toml:"lonely"`
 }
 
 // Pair is one pair.
