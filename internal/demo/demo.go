@@ -272,23 +272,6 @@ func Start(ctx context.Context, opts Options) (d *Demo, err error) {
 	if err := os.WriteFile(d.CertFile, d.gw.CertPEM, 0o644); err != nil {
 		return d, err
 	}
-	// The file's listen addresses are the bound ones, so that commands
-	// reading it reach this gateway.
-	for name, addr := range d.Addrs {
-		a := addr
-		switch name {
-		case "imaps":
-			d.Config.Server.IMAPS = &a
-		case "imap":
-			d.Config.Server.IMAP = &a
-		case "smtps":
-			d.Config.Server.SMTPS = &a
-		case "submission":
-			d.Config.Server.Submission = &a
-		case "admin":
-			d.Config.Server.Admin = &a
-		}
-	}
 	if err := d.writeConfig(); err != nil {
 		return d, err
 	}

@@ -149,16 +149,33 @@ func (d *Demo) importVault(ctx context.Context) error {
 	})
 }
 
-// writeConfig writes d.Config as TOML, for the commands that reach the
-// running gateway (`pecgate route -config DIR/pecgate.toml ...`).
+// writeConfig writes d.Config as TOML with the listen addresses the
+// gateway bound, for the commands that reach the running gateway
+// (`pecgate route -config DIR/pecgate.toml ...`).
 func (d *Demo) writeConfig() error {
+	c := *d.Config
+	for name, addr := range d.Addrs {
+		a := addr
+		switch name {
+		case "imaps":
+			c.Server.IMAPS = &a
+		case "imap":
+			c.Server.IMAP = &a
+		case "smtps":
+			c.Server.SMTPS = &a
+		case "submission":
+			c.Server.Submission = &a
+		case "admin":
+			c.Server.Admin = &a
+		}
+	}
 	d.ConfigFile = filepath.Join(d.Dir, ConfigFile)
 	f, err := os.OpenFile(d.ConfigFile, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(f, "# Written by `pecgate demo`; valid while the demo runs.\n\n")
-	if err := toml.NewEncoder(f).Encode(d.Config); err != nil {
+	if err := toml.NewEncoder(f).Encode(&c); err != nil {
 		f.Close()
 		return err
 	}
