@@ -68,12 +68,13 @@ const staleAfter = 2 * time.Minute
 // hints say what to do about each kind of problem (store.ProgressError.Kind,
 // the engine's sync.Kind*).
 var hints = map[string]string{
-	"needs-login": "the member must log in once through pecgate (passthrough provider)",
-	"auth":        "check the master/vault credentials; for Aruba with two-factor login an app password is needed",
-	"quota":       "raise the quota at the new provider",
-	"oversize":    "the message is larger than the new provider accepts; it stays on old",
-	"upstream":    "the provider failed; the copy retries by itself",
-	"truncated":   "more problems than the progress keeps; the gateway's log has them all",
+	"needs-login":   "the member must log in once through pecgate (passthrough provider)",
+	"auth":          "check the master/vault credentials; for Aruba with two-factor login an app password is needed",
+	"no-credential": "no credentials for this member in the vault: import them (pecgate vault import) or let the member set them on the member page (/me)",
+	"quota":         "raise the quota at the new provider",
+	"oversize":      "the message is larger than the new provider accepts; it stays on old",
+	"upstream":      "the provider failed; the copy retries by itself",
+	"truncated":     "more problems than the progress keeps; the gateway's log has them all",
 }
 
 // Hint returns what to do about a problem of kind, or "" when there is

@@ -74,12 +74,13 @@ func (f *progressFixture) user(t *testing.T, user string) *admin.UserProgress {
 
 func TestProgressHints(t *testing.T) {
 	for kind, want := range map[string]string{
-		"needs-login":  "the member must log in once through pecgate (passthrough provider)",
-		"auth":         "check the master/vault credentials; for Aruba with two-factor login an app password is needed",
-		"quota":        "raise the quota at the new provider",
-		"oversize":     "the message is larger than the new provider accepts; it stays on old",
-		"upstream":     "the provider failed; the copy retries by itself",
-		"internaldate": "",
+		"needs-login":   "the member must log in once through pecgate (passthrough provider)",
+		"auth":          "check the master/vault credentials; for Aruba with two-factor login an app password is needed",
+		"quota":         "raise the quota at the new provider",
+		"oversize":      "the message is larger than the new provider accepts; it stays on old",
+		"upstream":      "the provider failed; the copy retries by itself",
+		"no-credential": "no credentials for this member in the vault: import them (pecgate vault import) or let the member set them on the member page (/me)",
+		"internaldate":  "",
 	} {
 		if got := admin.Hint(kind); got != want {
 			t.Errorf("Hint(%q) = %q, want %q", kind, got, want)

@@ -46,6 +46,10 @@ var (
 	ErrBadUser = errors.New("store: not a user address")
 	// ErrUnknownDomain: a domain, or a user's domain, the config does not serve.
 	ErrUnknownDomain = errors.New("store: domain not served")
+	// ErrNotCounted, from Router.Uncopied: some member's mail has not been
+	// counted yet (no copy pass reached them), so nobody can say what a
+	// flip to new would leave behind. The flip is refused (forceable).
+	ErrNotCounted = errors.New("mail not counted yet")
 	// ErrNoNewProvider: migrating or new for a domain whose config names no
 	// new provider. Force does not lift it.
 	ErrNoNewProvider = errors.New("store: no new provider")
@@ -400,6 +404,13 @@ func (r *Router) check(ctx context.Context, d *config.Domain, user string, c *Ch
 			return nil
 		}
 		n, err := r.Uncopied(ctx, d.Name, user)
+		if errors.Is(err, ErrNotCounted) {
+			if err := refuse(&RefusedError{Reason: fmt.Sprintf("%s: not every member's mail has been counted yet, so nobody can tell what the flip would leave behind (%v); their copy starts at their first login, or when their credentials are fixed", c.Name, err)}); err != nil {
+				return err
+			}
+			c.Uncopied = -1
+			return nil
+		}
 		if err != nil {
 			if !force {
 				return fmt.Errorf("count the messages of %s not yet in new: %w", c.Name, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	gosync "sync"
 	"testing"
 	"time"
@@ -485,4 +486,28 @@ func TestRouterConcurrent(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// A member whose mail nobody counted yet makes a flip to new a refusal
+// (409 through the API, forceable), not an internal error.
+func TestRouterRefusesWhileNotCounted(t *testing.T) {
+	ctx := context.Background()
+	db := openBolt(t, t.TempDir())
+	defer db.Close()
+	r := newRouter(t, routerConfig(t, "migrating"), db)
+	r.Uncopied = func(context.Context, string, string) (int, error) {
+		return 0, fmt.Errorf("%w: 1 members (sara@a.test)", store.ErrNotCounted)
+	}
+	_, err := r.SetDomain(ctx, "a.test", "new", false)
+	var re *store.RefusedError
+	if !errors.As(err, &re) || !strings.Contains(re.Reason, "sara@a.test") || !strings.Contains(re.Reason, "counted") {
+		t.Fatalf("SetDomain(new) = %v, want a refusal naming sara@a.test", err)
+	}
+	if st, _ := r.Domain("a.test"); st.State != "migrating" {
+		t.Fatalf("state after the refusal = %s, want migrating", st.State)
+	}
+	c, err := r.SetDomain(ctx, "a.test", "new", true)
+	if err != nil || !c.Forced || c.Uncopied != -1 || c.To != "new" {
+		t.Fatalf("forced SetDomain(new) = %+v, %v; want forced, uncopied -1", c, err)
+	}
 }

@@ -78,8 +78,9 @@ var (
 	ErrNotMigrating = errors.New("sync: user not in state migrating")
 	// ErrQuota: the new provider has no room for what is left to copy.
 	ErrQuota = errors.New("sync: not enough room on the new provider")
-	// ErrNotCounted: no pass has counted the user's mail yet.
-	ErrNotCounted = errors.New("sync: mail not counted yet")
+	// ErrNotCounted: no pass has counted the user's mail yet. It is the
+	// store's sentinel, which the router turns into a refusal.
+	ErrNotCounted = store.ErrNotCounted
 )
 
 // Progress states (store.Progress.State) written by the engine.
@@ -94,16 +95,17 @@ const (
 
 // Error kinds (store.ProgressError.Kind) written by the engine.
 const (
-	KindNeedsLogin   = "needs-login"  // a passthrough password is needed
-	KindAuth         = "auth"         // a provider refused the credentials, or the vault has none
-	KindQuota        = "quota"        // no room on the new provider
-	KindOversize     = "oversize"     // a message over the new provider's size limit
-	KindUpstream     = "upstream"     // a provider failed or refused a command
-	KindFolder       = "folder"       // a folder could not be created or subscribed in new
-	KindUIDValidity  = "uidvalidity"  // old's UIDVALIDITY no longer matches the folder's map
-	KindTwin         = "twin"         // in new already under a virtual UID of its own
-	KindInternalDate = "internaldate" // adopted a copy whose INTERNALDATE differs
-	KindTruncated    = "truncated"    // more errors than the progress keeps
+	KindNeedsLogin   = "needs-login"   // a passthrough password is needed
+	KindAuth         = "auth"          // a provider refused the credentials
+	KindNoCredential = "no-credential" // the vault has no credentials for the user on a vault provider
+	KindQuota        = "quota"         // no room on the new provider
+	KindOversize     = "oversize"      // a message over the new provider's size limit
+	KindUpstream     = "upstream"      // a provider failed or refused a command
+	KindFolder       = "folder"        // a folder could not be created or subscribed in new
+	KindUIDValidity  = "uidvalidity"   // old's UIDVALIDITY no longer matches the folder's map
+	KindTwin         = "twin"          // in new already under a virtual UID of its own
+	KindInternalDate = "internaldate"  // adopted a copy whose INTERNALDATE differs
+	KindTruncated    = "truncated"     // more errors than the progress keeps
 )
 
 // Schedule constants.
@@ -592,7 +594,7 @@ func (e *Engine) Uncopied(ctx context.Context, domain, user string) (int, error)
 		return 0, err
 	}
 	if len(missing) > 0 {
-		return 0, fmt.Errorf("%w: %d users (%s)", ErrNotCounted, len(missing), strings.Join(missing[:min(len(missing), 5)], ", "))
+		return 0, fmt.Errorf("%w: %d members (%s)", ErrNotCounted, len(missing), strings.Join(missing[:min(len(missing), 5)], ", "))
 	}
 	return int(min(sum, math.MaxInt32)), nil
 }
@@ -740,7 +742,7 @@ func (e *Engine) pass(ctx context.Context, route *store.Route, s *userSched) (*s
 		}
 	default:
 		p.prog.State = StateFailed
-		if !slices.ContainsFunc(p.prog.Errors, func(pe store.ProgressError) bool { return pe.Kind == KindAuth }) {
+		if !slices.ContainsFunc(p.prog.Errors, func(pe store.ProgressError) bool { return pe.Kind == KindAuth || pe.Kind == KindNoCredential }) {
 			p.addError(KindUpstream, "", 0, err.Error())
 		}
 	}
@@ -977,7 +979,11 @@ func (p *pass) dial(pr *backend.Provider) (*backend.IMAPConn, error) {
 		return c, nil
 	}
 	if backend.IsAuthFailure(err) || errors.Is(err, backend.ErrNoCredential) {
-		p.addError(KindAuth, "", 0, err.Error())
+		kind := KindAuth
+		if errors.Is(err, backend.ErrNoCredential) {
+			kind = KindNoCredential
+		}
+		p.addError(kind, "", 0, err.Error())
 		if pr.Config().Auth == config.AuthPassthrough {
 			p.e.forget(store.CanonicalUser(p.user), p.password)
 		}

@@ -31,8 +31,10 @@ func runDemoContext(ctx context.Context, args []string, stdout, stderr io.Writer
 	randomPorts := fs.Bool("random-ports", false, "listen on random ports instead of trying 1993, 1143, 1465 and 1587 first")
 	logFormat := fs.String("log-format", "text", "gateway log format: text or json")
 	quiet := fs.Bool("quiet", false, "no gateway or provider logs")
+	copyRate := fs.Float64("copy-rate", demo.DefaultCopyRate, "messages per second the back-fill copies from old; 0 means unlimited")
+	noPhones := fs.Bool("no-phones", false, "start no simulated phones (they log some members in every minute)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: pecgate demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]\n\n"+
+		fmt.Fprintf(stderr, "usage: pecgate demo [-dir DIR] [-random-ports] [-copy-rate N] [-no-phones] [-log-format text|json] [-quiet]\n\n"+
 			"Runs two in-process mail providers, \"old\" and \"new\", and the gateway in front of\n"+
 			"them on 127.0.0.1, serving %s in state old; prints the addresses, users,\n"+
 			"passwords and commands to try. SIGINT or SIGTERM stops it.\n\n"+
@@ -48,6 +50,10 @@ func runDemoContext(ctx context.Context, args []string, stdout, stderr io.Writer
 	if fs.NArg() != 0 || *logFormat != "text" && *logFormat != "json" {
 		return errUsage
 	}
+	rate := *copyRate // demo.Options: 0 is the default, negative unlimited
+	if rate <= 0 {
+		rate = -1
+	}
 	log := slog.New(slog.DiscardHandler)
 	if !*quiet {
 		log = newLogger(config.Log{Format: *logFormat, Level: config.DefaultLogLevel}, stderr)
@@ -57,6 +63,8 @@ func runDemoContext(ctx context.Context, args []string, stdout, stderr io.Writer
 		RandomPorts: *randomPorts,
 		LogFormat:   *logFormat,
 		Log:         log,
+		CopyRate:    rate,
+		NoPhones:    *noPhones,
 		StartGateway: func(ctx context.Context, cfg *config.Config) (*demo.Gateway, error) {
 			gw, err := startGateway(ctx, cfg, log)
 			if err != nil {

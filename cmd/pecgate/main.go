@@ -28,7 +28,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "serve [-config FILE] [-log-format json|text]", "run the gateway", runServe},
-		{"demo", "demo [-dir DIR] [-random-ports] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
+		{"demo", "demo [-dir DIR] [-random-ports] [-copy-rate N] [-no-phones] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
 		{"route", "route [-config FILE] [-force] [-y] DOMAIN|USER old|migrating|new", "change a migration state", runRoute},
 		{"status", "status [-config FILE] [-watch] [DOMAIN|USER]", "show migration progress", runStatus},
 		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},

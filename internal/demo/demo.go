@@ -4,9 +4,13 @@
 // also fast fake upstreams for tests.
 //
 // The demo serves the domain pec.ordine.example in state old: two providers,
-// "old" and "new", know the same three members with different passwords;
-// every member's mailbox on old holds the shared PEC fixtures (Fixtures), new
-// is empty. The gateway itself is started by a function the caller passes in
+// "old" and "new", know the same five members with different passwords;
+// every member's mailbox on old holds the shared PEC fixtures (Fixtures) and
+// a folder of generated receipts (story.go), new is empty. The gateway
+// serves IMAP, submission, the admin API with the status page and the
+// member page; the new provider uses vault credentials, imported before
+// the gateway starts; simulated phones log some members in (story.go). The
+// gateway itself is started by a function the caller passes in
 // (Options.StartGateway), so this package does not depend on cmd.
 //
 // Invariants:
@@ -22,6 +26,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +42,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/internal/mutf7"
@@ -60,11 +66,12 @@ const GatewayCertFile = "gateway-ca.pem"
 const SampleMessageFile = "hello.eml"
 
 // Listener names, as in the [server] section and Gateway.Addrs.
-var listenerNames = []string{"imaps", "imap", "smtps", "submission"}
+var listenerNames = []string{"imaps", "imap", "smtps", "submission", "admin"}
 
 // DevPorts are the ports the gateway's listeners take when they are free:
-// the standard ports plus 1000, usable without privileges.
-var DevPorts = map[string]int{"imaps": 1993, "imap": 1143, "smtps": 1465, "submission": 1587}
+// the standard ports plus 1000, usable without privileges, and 8080 plus
+// 10000 for the admin listener.
+var DevPorts = map[string]int{"imaps": 1993, "imap": 1143, "smtps": 1465, "submission": 1587, "admin": 18080}
 
 // User is a demo member: the same address on both providers, with a
 // different password on each.
@@ -72,14 +79,21 @@ type User struct {
 	Address     string
 	OldPassword string
 	NewPassword string
+	// Phone: a simulated mail client logs the member in (story.go).
+	Phone bool
+	// NoVault: the new provider's credentials are not imported; the member
+	// sets them on the member page.
+	NoVault bool
 }
 
 // Users are the demo's members, the first one the sender of
 // SampleMessageFile, the second its recipient.
 var Users = []User{
-	{"giulia.verdi@" + Domain, "demo-old-giulia", "demo-new-giulia"},
-	{"mario.rossi@" + Domain, "demo-old-mario", "demo-new-mario"},
-	{"anna.bianchi@" + Domain, "demo-old-anna", "demo-new-anna"},
+	{Address: "giulia.verdi@" + Domain, OldPassword: "demo-old-giulia", NewPassword: "demo-new-giulia", Phone: true},
+	{Address: "mario.rossi@" + Domain, OldPassword: "demo-old-mario", NewPassword: "demo-new-mario", Phone: true},
+	{Address: "anna.bianchi@" + Domain, OldPassword: "demo-old-anna", NewPassword: "demo-new-anna", Phone: true, NoVault: true},
+	{Address: "luca.neri@" + Domain, OldPassword: "demo-old-luca", NewPassword: "demo-new-luca", Phone: true},
+	{Address: "sara.russo@" + Domain, OldPassword: "demo-old-sara", NewPassword: "demo-new-sara"},
 }
 
 // Gateway is a running gateway, as Options.StartGateway returns it.
@@ -114,6 +128,11 @@ type Options struct {
 	// Log receives the providers' own errors (broken connections and the
 	// like). nil discards them.
 	Log *slog.Logger
+	// CopyRate is the old provider's copy_messages_per_second: how fast the
+	// back-fill copies. Zero means DefaultCopyRate; negative, unlimited.
+	CopyRate float64
+	// NoPhones starts no simulated mail clients (story.go).
+	NoPhones bool
 }
 
 // Demo is a running demo: two providers and the gateway in front of them.
@@ -137,12 +156,20 @@ type Demo struct {
 	Fixtures []Fixture
 	// Took is how long Start took.
 	Took time.Duration
+	// ConfigFile is the gateway's configuration as TOML, for the commands
+	// that reach it (`pecgate route -config ConfigFile ...`).
+	ConfigFile string
+	// Token and TokenFile are the admin API's bearer token and its file.
+	Token, TokenFile string
 
-	gw        *Gateway
-	cancel    context.CancelFunc
-	removeDir bool
-	closeOnce gosync.Once
-	closeErr  error
+	vaultKeyFile string
+	phones       gosync.WaitGroup
+	stopPhones   context.CancelFunc
+	gw           *Gateway
+	cancel       context.CancelFunc
+	removeDir    bool
+	closeOnce    gosync.Once
+	closeErr     error
 }
 
 // Start starts the providers, seeds old, writes the files and starts the
@@ -202,6 +229,19 @@ func Start(ctx context.Context, opts Options) (d *Demo, err error) {
 		if err := d.Old.SeedWith(u.Address, d.Fixtures); err != nil {
 			return d, err
 		}
+		if err := d.Old.SeedWith(u.Address, archive(u.Address)); err != nil {
+			return d, err
+		}
+	}
+	if err := d.writeSecrets(); err != nil {
+		return d, err
+	}
+	copyRate := opts.CopyRate
+	switch {
+	case copyRate == 0:
+		copyRate = DefaultCopyRate
+	case copyRate < 0:
+		copyRate = 0
 	}
 	d.SampleFile = filepath.Join(d.Dir, SampleMessageFile)
 	if err := os.WriteFile(d.SampleFile, SampleMessage(time.Now()), 0o644); err != nil {
@@ -210,11 +250,18 @@ func Start(ctx context.Context, opts Options) (d *Demo, err error) {
 
 	gctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
-	d.Config = d.config(listenAddrs(opts.RandomPorts), opts.LogFormat)
+	if d.Config, err = d.config(listenAddrs(opts.RandomPorts), opts.LogFormat, copyRate); err != nil {
+		return d, err
+	}
+	if err := d.importVault(ctx); err != nil {
+		return d, fmt.Errorf("import the new provider's credentials: %w", err)
+	}
 	d.gw, err = opts.StartGateway(gctx, d.Config)
 	if err != nil && !opts.RandomPorts && errors.Is(err, syscall.EADDRINUSE) {
 		// A development port was taken between the probe and the bind.
-		d.Config = d.config(listenAddrs(true), opts.LogFormat)
+		if d.Config, err = d.config(listenAddrs(true), opts.LogFormat, copyRate); err != nil {
+			return d, err
+		}
 		d.gw, err = opts.StartGateway(gctx, d.Config)
 	}
 	if err != nil {
@@ -225,52 +272,55 @@ func Start(ctx context.Context, opts Options) (d *Demo, err error) {
 	if err := os.WriteFile(d.CertFile, d.gw.CertPEM, 0o644); err != nil {
 		return d, err
 	}
+	if err := d.writeConfig(); err != nil {
+		return d, err
+	}
+	if !opts.NoPhones {
+		var pctx context.Context
+		pctx, d.stopPhones = context.WithCancel(gctx)
+		d.startPhones(pctx, log)
+	}
 	d.Took = time.Since(start)
 	return d, nil
 }
 
-// config builds the gateway's configuration, every default filled, as
-// config.Load would return it for the equivalent file.
-func (d *Demo) config(listen map[string]string, logFormat string) *config.Config {
+// config builds the gateway's configuration and returns it as config.Parse
+// returns the equivalent file: every default filled, validated.
+func (d *Demo) config(listen map[string]string, logFormat string, copyRate float64) (*config.Config, error) {
 	if logFormat == "" {
 		logFormat = "text"
 	}
 	str := func(s string) *string { return &s }
-	provider := func(p *Provider) *config.Provider {
-		return &config.Provider{
-			Name:           p.Name,
-			IMAP:           "imaps://" + p.IMAPAddr,
-			SMTP:           "smtps://" + p.SMTPAddr,
-			Auth:           config.AuthPassthrough,
-			CA:             p.CAFile,
-			MaxConnections: config.DefaultMaxConnections,
-			ConnectTimeout: config.Duration(config.DefaultConnectTimeout),
-			LoginTimeout:   config.Duration(config.DefaultLoginTimeout),
-			MaxMessageSize: providerMaxMessageSize,
-		}
-	}
-	return &config.Config{
+	c := &config.Config{
 		Server: config.Server{
 			Hostname:       "localhost",
 			IMAPS:          str(listen["imaps"]),
 			IMAP:           str(listen["imap"]),
 			SMTPS:          str(listen["smtps"]),
 			Submission:     str(listen["submission"]),
-			Admin:          str(""), // no admin API in the demo
+			Admin:          str(listen["admin"]),
 			ShutdownGrace:  config.Duration(5 * time.Second),
 			MaxMessageSize: config.DefaultMaxMessageSize,
 		},
-		TLS:   config.TLS{SelfSigned: true},
-		Store: config.Store{Path: filepath.Join(d.Dir, "store")},
-		Providers: map[string]*config.Provider{
-			OldProvider: provider(d.Old),
-			NewProvider: provider(d.New),
-		},
+		TLS:       config.TLS{SelfSigned: true},
+		Store:     config.Store{Path: filepath.Join(d.Dir, "store")},
+		Providers: d.providerConfigs(copyRate),
 		Domains: map[string]*config.Domain{
 			Domain: {Name: Domain, Old: OldProvider, New: NewProvider, State: config.StateOld},
 		},
-		Log: config.Log{Format: logFormat, Level: config.DefaultLogLevel},
+		Admin: config.Admin{TokenFile: d.TokenFile},
+		Vault: config.Vault{KeyFile: d.vaultKeyFile},
+		Log:   config.Log{Format: logFormat, Level: config.DefaultLogLevel},
 	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		return nil, fmt.Errorf("demo configuration: %w", err)
+	}
+	parsed, err := config.Parse(buf.Bytes(), "demo")
+	if err != nil {
+		return nil, fmt.Errorf("demo configuration: %w", err)
+	}
+	return parsed, nil
 }
 
 // listenAddrs returns the gateway's listen addresses on 127.0.0.1: each
@@ -297,6 +347,10 @@ func listenAddrs(random bool) map[string]string {
 // once (later calls return the first result).
 func (d *Demo) Close() error {
 	d.closeOnce.Do(func() {
+		if d.stopPhones != nil {
+			d.stopPhones()
+		}
+		d.phones.Wait()
 		if d.gw != nil && d.gw.Stop != nil {
 			d.gw.Stop()
 		}
@@ -370,6 +424,7 @@ func (d *Demo) WriteInfo(out io.Writer) error {
 		"imap":       "IMAP, STARTTLS",
 		"smtps":      "submission, implicit TLS",
 		"submission": "submission, STARTTLS",
+		"admin":      "status page, member page (/me) and admin API, plain HTTP on loopback",
 	}
 	for _, name := range listenerNames {
 		if d.Addrs[name] != "" {
@@ -388,15 +443,20 @@ func (d *Demo) WriteInfo(out io.Writer) error {
 	if d.FixturesFrom == "embedded" {
 		from = "built-in copy of the fixtures"
 	}
-	p("  %-4s imaps://%s  smtps://%s  %d PEC messages per user (%s), %s",
-		OldProvider, d.Old.IMAPAddr, d.Old.SMTPAddr, len(d.Fixtures), folderCounts(d.Fixtures), from)
-	var newPasswords []string
+	p("  %-4s imaps://%s  smtps://%s  %d PEC messages per user (%s), %s; and %d receipts in %q",
+		OldProvider, d.Old.IMAPAddr, d.Old.SMTPAddr, len(d.Fixtures), folderCounts(d.Fixtures), from, ArchiveSize, ArchiveFolder)
+	var newPasswords, noVault []string
 	for _, u := range Users {
 		newPasswords = append(newPasswords, u.NewPassword)
+		if u.NoVault {
+			noVault = append(noVault, u.Address)
+		}
 	}
 	p("  %-4s imaps://%s  smtps://%s  empty; passwords %s",
 		NewProvider, d.New.IMAPAddr, d.New.SMTPAddr, strings.Join(newPasswords, ", "))
+	p("       The gateway logs in to %q with vault credentials, imported for every member but %s.", NewProvider, strings.Join(noVault, ", "))
 	p("")
+	d.writeStory(p)
 
 	first, second := Users[0], Users[1]
 	curl := "curl --cacert " + shellQuote(d.CertFile) + " --user " + shellQuote(first.Address+":"+first.OldPassword)

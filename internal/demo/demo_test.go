@@ -16,6 +16,8 @@ import (
 
 	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/internal/mutf7"
+	"github.com/pecgate/pecgate/store"
+	"github.com/pecgate/pecgate/store/bolt"
 )
 
 // fakeGateway stands in for cmd's startGateway: it binds the configured
@@ -35,7 +37,7 @@ func (f *fakeGateway) start(_ context.Context, cfg *config.Config) (*Gateway, er
 	}
 	gw := &Gateway{Addrs: map[string]string{}, CertPEM: f.certPEM}
 	var lns []net.Listener
-	for name, addr := range map[string]*string{"imaps": cfg.Server.IMAPS, "imap": cfg.Server.IMAP, "smtps": cfg.Server.SMTPS, "submission": cfg.Server.Submission} {
+	for name, addr := range map[string]*string{"imaps": cfg.Server.IMAPS, "imap": cfg.Server.IMAP, "smtps": cfg.Server.SMTPS, "submission": cfg.Server.Submission, "admin": cfg.Server.Admin} {
 		ln, err := net.Listen("tcp", config.Addr(addr))
 		if err != nil {
 			for _, ln := range lns {
@@ -79,19 +81,19 @@ func startDemo(t *testing.T, opts Options) *Demo {
 func TestStart(t *testing.T) {
 	ca := newTestCA(t)
 	fake := &fakeGateway{certPEM: ca.CertPEM()}
-	d := startDemo(t, Options{RandomPorts: true, StartGateway: fake.start})
+	d := startDemo(t, Options{RandomPorts: true, StartGateway: fake.start, NoPhones: true})
 	t.Logf("Start took %s", d.Took)
 
 	if len(fake.calls) != 1 {
 		t.Fatalf("StartGateway called %d times", len(fake.calls))
 	}
 	cfg := fake.calls[0]
-	for _, a := range []*string{cfg.Server.IMAPS, cfg.Server.IMAP, cfg.Server.SMTPS, cfg.Server.Submission} {
+	for _, a := range []*string{cfg.Server.IMAPS, cfg.Server.IMAP, cfg.Server.SMTPS, cfg.Server.Submission, cfg.Server.Admin} {
 		if config.Addr(a) != "127.0.0.1:0" {
 			t.Errorf("listener %q with RandomPorts, want 127.0.0.1:0", config.Addr(a))
 		}
 	}
-	if config.Addr(cfg.Server.Admin) != "" || !cfg.TLS.SelfSigned || cfg.Server.Hostname != "localhost" {
+	if !cfg.TLS.SelfSigned || cfg.Server.Hostname != "localhost" || cfg.Admin.TokenFile != d.TokenFile {
 		t.Errorf("server %+v, tls %+v", cfg.Server, cfg.TLS)
 	}
 	dom := cfg.Domains[Domain]
@@ -108,7 +110,11 @@ func TestStart(t *testing.T) {
 			seeded bool
 		}{{OldProvider, true}, {NewProvider, false}} {
 			pc := cfg.Providers[tc.name]
-			if pc == nil || pc.Name != tc.name || pc.Auth != config.AuthPassthrough {
+			auth := config.AuthPassthrough
+			if tc.name == NewProvider {
+				auth = config.AuthVault
+			}
+			if pc == nil || pc.Name != tc.name || pc.Auth != auth {
 				t.Fatalf("provider %s: %+v", tc.name, pc)
 			}
 			ep, err := pc.IMAPEndpoint()
@@ -156,6 +162,49 @@ func TestStart(t *testing.T) {
 		}
 	})
 
+	t.Run("story files", func(t *testing.T) {
+		// The configuration file is what `pecgate route -config` reads:
+		// it must load, and name the addresses the gateway bound.
+		fileCfg, err := config.Load(d.ConfigFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if config.Addr(fileCfg.Server.Admin) != d.Addrs["admin"] || config.Addr(fileCfg.Server.IMAPS) != d.Addrs["imaps"] {
+			t.Errorf("%s: admin %s imaps %s, want the bound %s and %s", d.ConfigFile, config.Addr(fileCfg.Server.Admin), config.Addr(fileCfg.Server.IMAPS), d.Addrs["admin"], d.Addrs["imaps"])
+		}
+		for _, f := range []string{d.TokenFile, fileCfg.Vault.KeyFile, d.ConfigFile} {
+			if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: %v, mode %v; want 0600", f, err, fi.Mode())
+			}
+		}
+		if tok, _ := os.ReadFile(d.TokenFile); strings.TrimSpace(string(tok)) != d.Token || len(d.Token) != 64 {
+			t.Errorf("token file holds %q, want %q (64 hex digits)", tok, d.Token)
+		}
+		// The vault holds the new provider's credentials of every member
+		// but the NoVault ones (the fake gateway did not open the store).
+		v, err := store.OpenVault(fileCfg.Vault.KeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := bolt.Open(fileCfg.Store.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.View(context.Background(), func(tx store.Tx) error {
+			for _, u := range Users {
+				user, pass, err := v.Get(tx, NewProvider, u.Address)
+				switch {
+				case u.NoVault && !errors.Is(err, store.ErrNotFound):
+					t.Errorf("vault has %s: %q %v, want none", u.Address, user, err)
+				case !u.NoVault && (err != nil || user != u.Address || pass != u.NewPassword):
+					t.Errorf("vault for %s: %q %q %v", u.Address, user, pass, err)
+				}
+			}
+			return nil
+		})
+	})
+
 	t.Run("info", func(t *testing.T) {
 		var b strings.Builder
 		if err := d.WriteInfo(&b); err != nil {
@@ -171,6 +220,10 @@ func TestStart(t *testing.T) {
 		}
 		imaps := "imaps://localhost:" + port(d.Addrs["imaps"])
 		want = append(want,
+			"http://localhost:"+port(d.Addrs["admin"])+"/me",
+			d.Token,
+			"pecgate route -config "+d.ConfigFile+" -y "+Domain+" migrating",
+			"pecgate route -config "+d.ConfigFile+" -y "+Domain+" new",
 			"--user "+Users[0].Address+":"+Users[0].OldPassword+" "+imaps+"/\n",
 			"'"+imaps+"/Pratiche/Citt&AOA-/;UID=3' | sha256sum\n")
 		for _, w := range want {
@@ -216,7 +269,7 @@ func TestStartRetriesOnBusyPort(t *testing.T) {
 		}
 		return nil
 	}
-	d := startDemo(t, Options{StartGateway: fake.start})
+	d := startDemo(t, Options{StartGateway: fake.start, NoPhones: true})
 	if len(fake.calls) != 2 {
 		t.Fatalf("StartGateway called %d times, want 2", len(fake.calls))
 	}

@@ -213,7 +213,8 @@ func (p *Provider) Seed(address string) error {
 	return p.SeedWith(address, fx)
 }
 
-// SeedWith is Seed with the given fixtures.
+// SeedWith is Seed with the given fixtures, creating (and subscribing)
+// the folders the provider does not start with.
 func (p *Provider) SeedWith(address string, fx []Fixture) error {
 	u := p.users[address]
 	if u == nil {
@@ -221,7 +222,17 @@ func (p *Provider) SeedWith(address string, fx []Fixture) error {
 	}
 	for _, f := range fx {
 		mbox := strings.ReplaceAll(f.Folder, FixtureFolderDelim, "/") // imapmemserver's delimiter
-		_, err := u.Append(mbox, bytes.NewReader(f.Body), &imap.AppendOptions{Flags: f.Flags, Time: f.InternalDate})
+		opts := &imap.AppendOptions{Flags: f.Flags, Time: f.InternalDate}
+		_, err := u.Append(mbox, bytes.NewReader(f.Body), opts)
+		var ierr *imap.Error
+		if errors.As(err, &ierr) && ierr.Code == imap.ResponseCodeTryCreate {
+			// A folder the provider does not start with (the archive).
+			if err = u.Create(mbox, nil); err == nil {
+				if err = u.Subscribe(mbox); err == nil {
+					_, err = u.Append(mbox, bytes.NewReader(f.Body), opts)
+				}
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("provider %s: append %s to %q of %s: %w", p.Name, f.File, mbox, address, err)
 		}

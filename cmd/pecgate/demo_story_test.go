@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/pecgate/pecgate/admin"
+	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/demo"
+)
+
+var (
+	demoRouteRE = regexp.MustCompile(`pecgate route -config (\S+) -y `)
+	demoTokenRE = regexp.MustCompile(`^ {7}([0-9a-f]{64})$`)
+)
+
+// TestDemoStory walks the story `pecgate demo` prints, with the commands it
+// prints: the phones log their members in, `pecgate route DOMAIN
+// migrating` starts the copy, the members with a phone and vault
+// credentials end done, the one without credentials shows that problem with
+// its hint, the one who never logged in waits, `pecgate route DOMAIN new`
+// is refused saying why; a member flipped alone to new reads the same
+// UIDs and bytes as before the move.
+func TestDemoStory(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	stderr := &demoStderr{}
+	done := make(chan error, 1)
+	go func() {
+		err := runDemoContext(ctx, []string{"-random-ports", "-copy-rate", "0", "-log-format", "json"}, pw, stderr)
+		pw.Close()
+		done <- err
+	}()
+	// Read the report up to its last line, keeping the story's values.
+	var text strings.Builder
+	var cfgFile, token string
+	addrs := map[string]string{}
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		line := sc.Text()
+		text.WriteString(line + "\n")
+		if m := demoRouteRE.FindStringSubmatch(line); m != nil {
+			cfgFile = m[1]
+		}
+		if m := demoTokenRE.FindStringSubmatch(line); m != nil {
+			token = m[1]
+		}
+		if m := demoListenerRE.FindStringSubmatch(line); m != nil {
+			addrs[m[1]] = m[2]
+		}
+		if strings.HasPrefix(line, "normal password;") {
+			break
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("demo output:\n%s\ndemo logs:\n%s", text.String(), stderr.String())
+		}
+	}()
+	if cfgFile == "" || token == "" {
+		t.Fatalf("the story lacks the config file or the token:\n%s", text.String())
+	}
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatalf("the printed config: %v", err)
+	}
+	client, err := admin.NewClient(config.Addr(cfg.Server.Admin), token)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// What giulia reads through the gateway in state old.
+	certPEM, err := os.ReadFile(cfg.TLS.Cert)
+	if err != nil {
+		certPEM, err = os.ReadFile(strings.TrimSuffix(cfgFile, "pecgate.toml") + demo.GatewayCertFile)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	giulia := demo.Users[0]
+	read := func() map[string]string {
+		c, err := imapclient.DialTLS(config.Addr(cfg.Server.IMAPS), &imapclient.Options{TLSConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Login(giulia.Address, giulia.OldPassword).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		sums := map[string]string{}
+		for _, folder := range []string{"INBOX", demo.ArchiveFolder} {
+			for uid, body := range demoFetchBodies(t, c, folder) {
+				sums[fmt.Sprintf("%s/%d", folder, uid)] = demoSHA256(body)
+			}
+		}
+		return sums
+	}
+	before := read()
+	if len(before) < demo.ArchiveSize {
+		t.Fatalf("giulia reads %d messages before the move", len(before))
+	}
+
+	// Step 2: start the move with the printed command.
+	runCLI := func(args ...string) (int, string) {
+		var out, errOut strings.Builder
+		code := run(args, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := runCLI("route", "-config", cfgFile, "-y", demo.Domain, "migrating"); code != 0 {
+		t.Fatalf("route migrating: exit %d: %s", code, out)
+	}
+
+	// The members with a phone and credentials end done; anna (no vault
+	// credentials) shows that problem; sara (no login) waits.
+	want := map[string]string{}
+	for _, u := range demo.Users {
+		switch {
+		case u.NoVault:
+			want[u.Address] = admin.PhaseFailed
+		case u.Phone:
+			want[u.Address] = admin.PhaseDone
+		}
+	}
+	var d *admin.Domain
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if d, err = client.Domain(ctx, demo.Domain); err != nil {
+			t.Fatal(err)
+		}
+		phases := map[string]string{}
+		if d.Progress != nil {
+			for _, p := range d.Progress.Problems {
+				phases[p.User] = p.Phase
+			}
+		}
+		ok := true
+		for user, phase := range want {
+			if phase == admin.PhaseDone {
+				u, err := client.User(ctx, user)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p, _ := u.ProgressDoc()
+				if p == nil || p.State != admin.PhaseDone {
+					ok = false
+				}
+			} else if phases[user] != phase {
+				ok = false
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the copy did not settle as the story says: %+v", d.Progress)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the API, not synchronising
+	}
+	var anna *admin.MemberProblem
+	for i, p := range d.Progress.Problems {
+		if p.User == demo.Users[2].Address {
+			anna = &d.Progress.Problems[i]
+		}
+	}
+	if anna == nil || len(anna.Kinds) == 0 || anna.Kinds[0].Kind != "no-credential" || !strings.Contains(anna.Kinds[0].Hint, "/me") {
+		t.Errorf("anna's problem: %+v, want no-credential with a hint to the member page", anna)
+	}
+
+	// Step 5: the flip to new is refused while mail is left behind.
+	code, out := runCLI("route", "-config", cfgFile, "-y", demo.Domain, "new")
+	t.Logf("route new: exit %d: %s", code, out)
+	if code == 0 || !strings.Contains(out, "counted") || !strings.Contains(out, "sara.russo@") {
+		t.Errorf("route new: exit %d: %s; want a refusal naming the uncounted member", code, out)
+	}
+	if d, err = client.Domain(ctx, demo.Domain); err != nil || d.State != config.StateMigrating {
+		t.Fatalf("after the refusal: %+v %v", d, err)
+	}
+
+	// giulia, copied, flipped alone to new: the same UIDs and bytes.
+	if code, out := runCLI("route", "-config", cfgFile, "-y", giulia.Address, "new"); code != 0 {
+		t.Fatalf("route %s new: exit %d: %s", giulia.Address, code, out)
+	}
+	after := read()
+	if len(after) != len(before) {
+		t.Errorf("giulia reads %d messages in new, %d before", len(after), len(before))
+	}
+	for k, sum := range before {
+		if after[k] != sum {
+			t.Errorf("%s: SHA-256 %s in new, %s before", k, after[k], sum)
+		}
+	}
+}
