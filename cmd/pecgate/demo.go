@@ -45,7 +45,7 @@ func runDemoContext(ctx context.Context, args []string, stdout, stderr io.Writer
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
 	if fs.NArg() != 0 || *logFormat != "text" && *logFormat != "json" {
 		return errUsage

@@ -41,6 +41,16 @@ func commands() []command {
 // errUsage makes main print the usage and exit 2.
 var errUsage = errors.New("usage")
 
+// flagError turns a flag.FlagSet.Parse error (already reported by the
+// flag set) into errUsage, so that a bad flag exits 2 like other usage
+// errors; -h stays flag.ErrHelp (exit 0).
+func flagError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return errUsage
+}
+
 func notYet(name string, issue int) func([]string, io.Writer, io.Writer) error {
 	return func([]string, io.Writer, io.Writer) error {
 		return fmt.Errorf("pecgate %s is not available in this version yet (planned with the migration features, issue %d)", name, issue)

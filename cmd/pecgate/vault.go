@@ -45,7 +45,7 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
 	// Flags may also follow the subcommand: vault import -check FILE.csv.
 	if fs.NArg() == 0 || fs.Arg(0) != "import" {
