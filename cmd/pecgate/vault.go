@@ -52,7 +52,7 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	if err := fs.Parse(fs.Args()[1:]); err != nil {
-		return err
+		return flagError(err)
 	}
 	if fs.NArg() != 1 {
 		return errUsage
