@@ -98,7 +98,18 @@ type Options struct {
 	// the mailbox that carries it; each is auto-created and subscribed. Nil
 	// means DefaultSpecialUse. An empty non-nil map means none.
 	SpecialUse map[string]string
+	// Layout is the Maildir folder layout: "" for Maildir++ (folders are
+	// .A.B directories; "." is the separator on disk, so with Delimiter "/"
+	// a name may not hold ".") or LayoutFS (folders are nested A/B
+	// directories, names may hold "."; Delimiter must be "/"). SeedMaildir
+	// supports only Maildir++; use CreateMailbox and Deliver with LayoutFS.
+	Layout string
 }
+
+// LayoutFS is Options.Layout for Dovecot's LAYOUT=fs: one directory per
+// hierarchy level, so a folder name may contain "." (as on providers whose
+// names carry dates like "Fatture 2023.01").
+const LayoutFS = "fs"
 
 // DefaultSpecialUse is the special-use mailboxes a server gets when
 // Options.SpecialUse is nil.
@@ -152,6 +163,8 @@ type Server struct {
 	SpecialUse map[string]string
 	// QuotaBytes is the per-user quota, 0 if none.
 	QuotaBytes int64
+	// Layout is Options.Layout: "" (Maildir++) or LayoutFS.
+	Layout string
 	// Greeting is the text of the IMAP greeting, unique to this instance.
 	Greeting string
 	// ConfigPath, LogPath and LMTPSocket locate Dovecot's config, its log
@@ -255,6 +268,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Delimiter:         opts.Delimiter,
 		SpecialUse:        opts.SpecialUse,
 		QuotaBytes:        max(opts.QuotaBytes, 0),
+		Layout:            opts.Layout,
 		SubmissionMaxSize: DefaultSubmissionMaxSize,
 		dovecotBin:        bins[0],
 		doveadmBin:        bins[1],
@@ -310,6 +324,14 @@ func Start(t testing.TB, opts Options) *Server {
 func (s *Server) checkOptions(opts Options) error {
 	if s.Delimiter != "." && s.Delimiter != "/" {
 		return fmt.Errorf("delimiter %q: want \".\" or \"/\"", s.Delimiter)
+	}
+	switch {
+	case s.Layout != "" && s.Layout != LayoutFS:
+		return fmt.Errorf("layout %q: want \"\" (Maildir++) or %q", s.Layout, LayoutFS)
+	case s.Layout == LayoutFS && s.Delimiter != "/":
+		// Dovecot: LAYOUT=fs keeps the levels as directories, and the
+		// separator on disk is "/": a "." delimiter would be a second one.
+		return fmt.Errorf("layout %q needs delimiter \"/\"", LayoutFS)
 	}
 	if strings.ContainsAny(s.Name, " \t\r\n/\"'\\") {
 		return fmt.Errorf("name %q: no white space, quotes, slashes", s.Name)
@@ -493,7 +515,11 @@ func (s *Server) config() string {
 	w("auth_failure_delay = 0")
 	w("auth_verbose = yes")
 	w("auth_master_user_separator = *")
-	w("mail_location = maildir:~/Maildir")
+	if s.Layout == LayoutFS {
+		w("mail_location = maildir:~/Maildir:LAYOUT=fs")
+	} else {
+		w("mail_location = maildir:~/Maildir")
+	}
 	w("mail_uid = %d", s.mail.uid)
 	w("mail_gid = %d", s.mail.gid)
 	w("first_valid_uid = %d", s.mail.uid)
@@ -660,6 +686,17 @@ func (s *Server) doveadm(stdin []byte, args ...string) ([]byte, error) {
 func (s *Server) Deliver(t testing.TB, addr, mailbox string, msg []byte) {
 	t.Helper()
 	if err := s.save(addr, mailbox, msg); err != nil {
+		t.Fatalf("dovetest: %s: %v", s.Name, err)
+	}
+}
+
+// CreateMailbox creates mailbox for addr with `doveadm mailbox create`, as
+// the user's client would with CREATE: Dovecot applies the same name rules
+// (the mailbox name uses this server's Delimiter). It works with every
+// Layout.
+func (s *Server) CreateMailbox(t testing.TB, addr, mailbox string) {
+	t.Helper()
+	if _, err := s.doveadm(nil, "mailbox", "create", "-u", addr, mailbox); err != nil {
 		t.Fatalf("dovetest: %s: %v", s.Name, err)
 	}
 }
