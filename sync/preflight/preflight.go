@@ -394,8 +394,12 @@ func (c *checker) login(ctx context.Context, m *Member, side string, p *backend.
 		}
 		lp := p.DiagnoseLogin(err)
 		c.log.Warn("login failed", "user", m.User, "side", side, "provider", p.Name, "refusal", lp.Refusal, "answer", lp.Text)
+		where := p.Name
+		if where != side {
+			where += " (" + side + ")"
+		}
 		m.add(Problem{Side: side, Provider: p.Name, Kind: KindLogin, Refusal: lp.Refusal, Blocks: true,
-			Message: fmt.Sprintf("login to %s (%s) failed: %s: %s", p.Name, side, lp.Refusal, lp.Text), Advice: lp.Advice})
+			Message: fmt.Sprintf("login to %s failed: %s; the provider answered: %s", where, refusalPhrase[lp.Refusal], lp.Text), Advice: lp.Advice})
 		if side == SideOld {
 			m.OldLogin = LoginRefused
 		} else {
@@ -409,6 +413,19 @@ func (c *checker) login(ctx context.Context, m *Member, side string, p *backend.
 		m.NewLogin = LoginOK
 	}
 	return conn
+}
+
+// refusalPhrase says a login refusal in words.
+var refusalPhrase = map[backend.LoginRefusal]string{
+	backend.RefusalCredentials:  "the credentials were refused",
+	backend.RefusalSecondFactor: "two-factor login is on: the provider wants an app password",
+	backend.RefusalDisabled:     "IMAP is not enabled for the account",
+	backend.RefusalExpired:      "the password expired",
+	backend.RefusalContactAdmin: "the account is blocked (the provider says to contact its administrator)",
+	backend.RefusalPrivacy:      "the provider wants TLS",
+	backend.RefusalUnavailable:  "the provider could not be reached or was busy",
+	backend.RefusalNoCredential: "the vault holds no credentials for the member",
+	backend.RefusalOther:        "the login failed",
 }
 
 // member checks one member: one login per provider, then sizes, quota,
