@@ -101,6 +101,7 @@ var (
 		"imap not enabled", "imap is not enabled", "imap non abilitat", "accesso imap disabilitat", "imap disabilitat",
 		"protocol disabled", "protocol not allowed", "protocollo non abilitat", "servizio non abilitat",
 		"service not enabled", "not connected", // Microsoft 365: "User is authenticated but not connected."
+		"login disabled", // Dovecot's nologin: "[CONTACTADMIN] Login disabled for this user"
 		"account disabled", "account is disabled", "account disabilitat", "casella disabilitat", "casella sospes", "account sospes",
 	}
 )

@@ -41,6 +41,8 @@ func TestClassifyRefusal(t *testing.T) {
 		{"microsoft not connected", "", "User is authenticated but not connected.", false, RefusalDisabled},
 		{"italian imap disabled", "", "Accesso IMAP disabilitato per questa casella", false, RefusalDisabled},
 		{"italian service not enabled", "", "Servizio non abilitato", false, RefusalDisabled},
+		{"dovecot nologin", "CONTACTADMIN", "Login disabled for this user", false, RefusalDisabled},
+		{"dovecot nologin with a reason", "CONTACTADMIN", "Two-factor-authentication-is-on,-use-an-app-password", false, RefusalSecondFactor},
 		{"suspended mailbox", "", "Casella sospesa", false, RefusalDisabled},
 		{"otp inside a word is not otp", "", "hotpot failed", false, RefusalCredentials},
 		{"mfa as a word", "", "MFA required", false, RefusalSecondFactor},

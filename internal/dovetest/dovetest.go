@@ -66,6 +66,11 @@ import (
 type User struct {
 	Address  string
 	Password string
+	// Extra are passdb extra fields for this user, space-separated
+	// (Dovecot's passwd-file 8th field), e.g. "nologin reason=..." to
+	// refuse the login with that text whatever the password. Empty means
+	// none. It must not hold ':' or line breaks.
+	Extra string
 }
 
 // Options configure one Dovecot instance. The zero value is a usable "test"
@@ -348,6 +353,9 @@ func (s *Server) checkOptions(opts Options) error {
 		if strings.ContainsAny(u.Password, ":\r\n") {
 			return fmt.Errorf("user %q: password must not contain ':' or line breaks", u.Address)
 		}
+		if strings.ContainsAny(u.Extra, ":\r\n") {
+			return fmt.Errorf("user %q: extra fields must not contain ':' or line breaks", u.Address)
+		}
 		if seen[a] {
 			return fmt.Errorf("user %q listed twice", u.Address)
 		}
@@ -391,7 +399,7 @@ func (s *Server) setup(maxConns int) error {
 		// passwd-file fields: user:password:uid:gid:gecos:home:shell:extra.
 		// Dovecot: auth_username_format defaults to %Lu, so logins are
 		// lower-cased before the lookup: the file holds lower case.
-		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::\n", strings.ToLower(u.Address), u.Password, s.mail.uid, s.mail.gid, s.home(u.Address))
+		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::%s\n", strings.ToLower(u.Address), u.Password, s.mail.uid, s.mail.gid, s.home(u.Address), u.Extra)
 	}
 	fmt.Fprintf(&masters, "%s:{PLAIN}%s\n", s.MasterUser, s.MasterPassword)
 

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 )
 
 // TestLayoutFS: with LayoutFS a folder name may hold "." (as
@@ -40,5 +41,32 @@ func TestLayoutFS(t *testing.T) {
 		if err := s.checkOptions(o); err == nil {
 			t.Errorf("checkOptions(%+v) accepted", o)
 		}
+	}
+}
+
+// TestUserExtra: passdb extra fields refuse a login the way providers do
+// for accounts with IMAP disabled or two-factor login on: Dovecot answers
+// NO [CONTACTADMIN] with the reason, only when the password is right.
+func TestUserExtra(t *testing.T) {
+	s := Start(t, Options{Name: "extra", Users: []User{
+		{Address: "off@pec.vecchio.test", Extra: "nologin"},
+		{Address: "otp@pec.vecchio.test", Extra: "nologin reason=Two-factor-authentication-is-on,-use-an-app-password"},
+	}})
+	for _, tc := range []struct{ user, want string }{
+		{"off@pec.vecchio.test", "NO [CONTACTADMIN] Login disabled for this user"},
+		{"otp@pec.vecchio.test", "NO [CONTACTADMIN] Two-factor-authentication-is-on,-use-an-app-password"},
+	} {
+		c, err := imapclient.DialTLS(s.IMAPSAddr, &imapclient.Options{TLSConfig: s.TLSConfig()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Login(tc.user, s.Password(tc.user)).Wait()
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("login %s: %v, want %q", tc.user, err, tc.want)
+		}
+	}
+	if err := (&Server{Delimiter: "."}).checkOptions(Options{Users: []User{{Address: "a@b.test", Extra: "x:y"}}}); err == nil {
+		t.Error("an extra field with ':' was accepted")
 	}
 }

@@ -34,7 +34,9 @@ var (
 	badFolder  = "cartella@" + domain   // a folder name new refuses
 	noPassword = "nopassword@" + domain // no password given for old (passthrough)
 	noVault    = "novault@" + domain    // the vault holds nothing for new
-	members    = []string{healthy, wrongOld, wrongNew, overQuota, oversized, badFolder, noPassword, noVault}
+	twoFactor  = "otp@" + domain        // old wants an app password (two-factor login)
+	imapOff    = "imapoff@" + domain    // IMAP is disabled for the account on new
+	members    = []string{healthy, wrongOld, wrongNew, overQuota, oversized, badFolder, noPassword, noVault, twoFactor, imapOff}
 )
 
 const (
@@ -131,9 +133,16 @@ func start(t *testing.T) *setup {
 	t.Helper()
 	dovetest.Require(t)
 	var oldUsers, newUsers []dovetest.User
+	// Dovecot refuses a right password with NO [CONTACTADMIN] and the
+	// reason for a user with "nologin" (see dovetest.User.Extra), as
+	// providers do for accounts with two-factor login or IMAP disabled.
+	extra := map[string][2]string{
+		twoFactor: {"nologin reason=Two-factor-authentication-is-on,-use-an-app-password", ""},
+		imapOff:   {"", "nologin"},
+	}
 	for _, u := range members {
-		oldUsers = append(oldUsers, dovetest.User{Address: u})
-		newUsers = append(newUsers, dovetest.User{Address: u})
+		oldUsers = append(oldUsers, dovetest.User{Address: u, Extra: extra[u][0]})
+		newUsers = append(newUsers, dovetest.User{Address: u, Extra: extra[u][1]})
 	}
 	s := &setup{}
 	s.old = dovetest.Start(t, dovetest.Options{Name: "old", Delimiter: "/", Layout: dovetest.LayoutFS, Users: oldUsers})
@@ -245,6 +254,8 @@ func TestDomainAgainstDovecot(t *testing.T) {
 		badFolder:  {"new:folder"},
 		noPassword: {"old:no-password:warning"},
 		noVault:    {"new:login:no-credential"},
+		twoFactor:  {"old:login:two-factor"},
+		imapOff:    {"new:login:protocol-disabled"},
 	}
 	got := map[string]*preflight.Member{}
 	for _, m := range r.Members {
@@ -265,7 +276,7 @@ func TestDomainAgainstDovecot(t *testing.T) {
 	for _, m := range r.Blocking() {
 		blocking = append(blocking, m.User)
 	}
-	wantBlocking := []string{badFolder, oversized, wrongNew, wrongOld, noVault, overQuota}
+	wantBlocking := []string{badFolder, oversized, wrongNew, wrongOld, noVault, overQuota, twoFactor, imapOff}
 	slices.Sort(wantBlocking)
 	if !slices.Equal(blocking, wantBlocking) {
 		t.Errorf("blocking members %v, want %v", blocking, wantBlocking)
@@ -300,6 +311,11 @@ func TestDomainAgainstDovecot(t *testing.T) {
 	if len(f.FolderRefusals) != 1 || f.FolderRefusals[0].Folder != refused || f.FolderRefusals[0].Messages != 2 ||
 		!strings.Contains(f.FolderRefusals[0].Reason, "Character not allowed in mailbox name: '.'") {
 		t.Errorf("folder refusals: %+v", f.FolderRefusals)
+	}
+	for _, p := range got[twoFactor].Problems {
+		if !strings.Contains(p.Advice, "app password") || !strings.Contains(p.Message, "Two-factor") {
+			t.Errorf("two-factor member: %+v", p)
+		}
 	}
 	if got[wrongOld].NewLogin != preflight.LoginOK || got[wrongOld].OldLogin != preflight.LoginRefused {
 		t.Errorf("wrong old password: logins %s/%s, want refused/ok", got[wrongOld].OldLogin, got[wrongOld].NewLogin)
