@@ -470,6 +470,7 @@ func (c *checker) member(ctx context.Context, m *Member) {
 	if oldC != nil && newC != nil {
 		c.checkFolders(ctx, m, oldC, newC, oldList)
 	}
+	log.Info("member checked", "verdict", m.Verdict(), "problems", len(m.Problems))
 }
 
 func (c *checker) failure(side string, p *backend.Provider, what string, err error) Problem {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -129,7 +130,11 @@ type setup struct {
 	passwords        map[string]string
 }
 
-func start(t *testing.T) *setup {
+func start(t *testing.T) *setup { t.Helper(); return startWith(t, quotaBytes) }
+
+// startWith starts old and new, new with a quota of newQuota bytes per
+// user enforced and announced by Dovecot (QUOTA), none when 0.
+func startWith(t *testing.T, newQuota int64) *setup {
 	t.Helper()
 	dovetest.Require(t)
 	var oldUsers, newUsers []dovetest.User
@@ -146,7 +151,7 @@ func start(t *testing.T) *setup {
 	}
 	s := &setup{}
 	s.old = dovetest.Start(t, dovetest.Options{Name: "old", Delimiter: "/", Layout: dovetest.LayoutFS, Users: oldUsers})
-	s.new = dovetest.Start(t, dovetest.Options{Name: "new", Delimiter: "/", QuotaBytes: quotaBytes, Users: newUsers})
+	s.new = dovetest.Start(t, dovetest.Options{Name: "new", Delimiter: "/", QuotaBytes: newQuota, Users: newUsers})
 
 	for _, u := range members {
 		s.old.Deliver(t, u, "INBOX", message("benvenuto "+u, 2000))
@@ -225,6 +230,51 @@ func kinds(m *preflight.Member) []string {
 	return out
 }
 
+// concurrency follows the members being checked through the log lines
+// "checking member" and "member checked", and holds each member at its
+// first step (the password lookup) until as many members as the limit are
+// being checked, or every member has started: checked members then overlap
+// as much as the code allows, so max is exactly the limit when the bound
+// holds, and more when it does not.
+type concurrency struct {
+	mu                       gosync.Mutex
+	cond                     *gosync.Cond
+	limit, total             int
+	active, started, maxSeen int
+}
+
+func newConcurrency(limit, total int) *concurrency {
+	c := &concurrency{limit: limit, total: total}
+	c.cond = gosync.NewCond(&c.mu)
+	return c
+}
+
+func (c *concurrency) Enabled(context.Context, slog.Level) bool { return true }
+func (c *concurrency) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *concurrency) WithGroup(string) slog.Handler            { return c }
+func (c *concurrency) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch r.Message {
+	case "checking member":
+		c.active++
+		c.started++
+		c.maxSeen = max(c.maxSeen, c.active)
+	case "member checked":
+		c.active--
+	}
+	c.cond.Broadcast()
+	return nil
+}
+
+func (c *concurrency) hold() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.active < c.limit && c.started < c.total {
+		c.cond.Wait()
+	}
+}
+
 // TestDomainAgainstDovecot: every member set up to fail in one way is
 // reported with that reason and only that one, the healthy member passes,
 // the flip is not safe, and each member got at most one login attempt per
@@ -238,6 +288,10 @@ func TestDomainAgainstDovecot(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	o := s.options()
 	o.Store = st
+	conc := newConcurrency(o.Concurrency, len(members))
+	o.Log = slog.New(conc).With("test", t.Name())
+	password := o.Password
+	o.Password = func(u string) (string, bool) { conc.hold(); return password(u) }
 	r, err := preflight.Domain(context.Background(), o, domain, members)
 	if err != nil {
 		t.Fatal(err)
@@ -336,6 +390,10 @@ func TestDomainAgainstDovecot(t *testing.T) {
 		}
 	}
 
+	if conc.maxSeen != o.Concurrency || conc.active != 0 || conc.started != len(members) {
+		t.Errorf("members checked at once: at most %d (want %d, the limit); %d started, %d still active", conc.maxSeen, o.Concurrency, conc.started, conc.active)
+	}
+
 	var csvOut bytes.Buffer
 	if err := r.WriteCSV(&csvOut); err != nil {
 		t.Fatal(err)
@@ -380,6 +438,33 @@ func TestHealthyOnly(t *testing.T) {
 	if !r.OK() {
 		for _, m := range r.Members {
 			t.Errorf("%s: %q", m.User, kinds(m))
+		}
+	}
+}
+
+// TestQuotaBytes: without QUOTA on new, the provider's quota_bytes is the
+// quota, against what new's folders hold.
+func TestQuotaBytes(t *testing.T) {
+	s := startWith(t, 0)
+	s.cfg.Providers["new"].QuotaBytes = quotaBytes
+	var err error
+	if s.bs, err = backend.New(s.cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.new.Deliver(t, healthy, "INBOX", message("già sul nuovo", 4000))
+	r, err := preflight.Domain(context.Background(), s.options(), domain, []string{healthy, overQuota})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range r.Members {
+		if m.QuotaSource != "quota_bytes" || m.QuotaLimit != quotaBytes {
+			t.Errorf("%s: quota %d from %q, want %d from quota_bytes", m.User, m.QuotaLimit, m.QuotaSource, quotaBytes)
+		}
+		if want := []string{"new:quota"}; m.User == overQuota && !slices.Equal(kinds(m), want) || m.User == healthy && len(m.Problems) > 0 {
+			t.Errorf("%s: problems %q", m.User, kinds(m))
+		}
+		if m.User == healthy && (m.QuotaUsed < 4000 || m.QuotaUsed > 5000) {
+			t.Errorf("%s: %d bytes used on new, want the one message of about 4000", m.User, m.QuotaUsed)
 		}
 	}
 }
