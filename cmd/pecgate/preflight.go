@@ -83,6 +83,10 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "pecgate preflight: want one DOMAIN (give members with -users FILE), got %q\n", pos)
 		return errUsage
 	}
+	if *concurrency < 0 {
+		fmt.Fprintf(stderr, "pecgate preflight: -concurrency %d: want a positive number of members per provider, or 0 for each provider's copy_connections\n", *concurrency)
+		return errUsage
+	}
 	domain := strings.ToLower(strings.TrimSpace(pos[0]))
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {

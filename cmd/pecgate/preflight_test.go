@@ -48,6 +48,7 @@ func TestPreflightUsage(t *testing.T) {
 		{"no domain", nil, 2, "want one DOMAIN"},
 		{"a user", []string{verifyTestUser}, 2, "want one DOMAIN"},
 		{"bad flag", []string{"-nope", "pec.ordine.example"}, 2, "usage: pecgate preflight"},
+		{"negative concurrency", []string{"-concurrency", "-1", "pec.ordine.example"}, 2, "want a positive number"},
 		{"domain not served", []string{"pec.ignoto.example"}, 1, "not a domain served"},
 		{"domain without new provider", []string{"pec.altro.example"}, 1, "no new provider"},
 		{"no member known", []string{"pec.ordine.example"}, 1, "give it with -users"},

@@ -778,11 +778,7 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 		}
 		name, ok := roleNew[l.Mailbox]
 		if !ok {
-			if r, rec := records[l.Mailbox]; rec && r.New != "" {
-				name = r.New
-			} else {
-				name = convertName(l.Mailbox, oldDelim, newDelim)
-			}
+			name = convertName(l.Mailbox, oldDelim, newDelim)
 		}
 		if exists[store.CanonicalMailbox(name)] {
 			continue
