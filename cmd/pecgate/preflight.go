@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/pecgate/pecgate/admin"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/store"
@@ -54,10 +56,13 @@ the flip (warnings allowed), 1 when one does (listed, with why) or on an
 error, 2 on a usage error.
 
 The embedded store allows one process: while the gateway (pecgate serve)
-runs, preflight cannot read it. Then give the members with -users: preflight
-runs without the store when no provider of the domain uses vault credentials
-(in state migrating or new it then leaves folder names unchecked). Else stop
-the gateway for the check, or run it on a copy of the store directory.
+runs, preflight asks it to run the check, through the admin API ([server]
+admin and [admin] token_file of the configuration), with the gateway's
+store, vault and providers; the members, passwords and flags given here go
+with the request. Without the admin API, preflight runs here without the
+store when the members are given with -users and no provider of the domain
+uses vault credentials (in state migrating or new it then leaves folder
+names unchecked); otherwise stop the gateway for the check.
 
 examples:
   pecgate preflight pec.ordine.example
@@ -127,32 +132,39 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 			return pw, ok && pw != ""
 		}
 	}
-	st, err := openStoreForPreflight(cfg, users != nil, usesVault, stderr)
-	if err != nil {
-		return err
-	}
-	if st != nil {
-		defer st.Close()
-		o.Store = st
-		if cfg.Vault.KeyFile != "" {
-			v, err := store.OpenVault(cfg.Vault.KeyFile)
-			if err != nil {
-				return fmt.Errorf("vault.key_file: %w", err)
-			}
-			o.Secrets = vaultSecrets{v: v, st: st}
-		}
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if users == nil {
-		if users, err = verify.KnownUsers(ctx, st, domain); err != nil {
-			return err
+
+	var r *preflight.Report
+	st, err := openPreflightStore(cfg)
+	switch {
+	case err == nil:
+		defer st.Close()
+		r, err = preflightDirect(ctx, o, st, domain, users)
+	case errors.Is(err, errStoreBusy):
+		// The gateway holds the store: it runs the check, with its store.
+		req := admin.PreflightRequest{NoCreate: *noCreate, Concurrency: *concurrency}
+		for _, u := range users {
+			req.Users = append(req.Users, admin.PreflightUser{User: u, Password: passwords[u]})
 		}
-		if len(users) == 0 {
-			return fmt.Errorf("the store knows no member of %s (none has logged in through the gateway, has vault credentials or copy progress): list the members in a CSV file (user[,password]) and give it with -users", domain)
+		r, err = preflightViaGateway(ctx, *cfgPath, domain, req)
+		switch {
+		case err == nil:
+			fmt.Fprintln(stderr, "pecgate preflight: the store is in use: the running gateway ran the check")
+		case gatewayAnswered(err):
+		case users != nil && !usesVault:
+			fmt.Fprintf(stderr, "pecgate preflight: %v, and the gateway did not run the check (%v): going on without the store; members come from -users\n", storeBusyNote(cfg), err)
+			r, err = preflightDirect(ctx, o, nil, domain, users)
+		default:
+			how := "enable the admin API ([server] admin, [admin] token_file) and restart the gateway, or give the members with -users FILE"
+			if usesVault {
+				how = "enable the admin API ([server] admin, [admin] token_file) and restart the gateway; or stop the gateway, run pecgate preflight, then start it (a provider of the domain uses vault credentials, which are in the store)"
+			}
+			return fmt.Errorf("the store in %s is in use, probably by the running gateway, and the gateway did not run the check: %v; %s", cfg.Store.Path, err, how)
 		}
+	default:
+		return err
 	}
-	r, err := preflight.Domain(ctx, o, domain, users)
 	if err != nil {
 		if errors.Is(err, preflight.ErrNotMember) {
 			return fmt.Errorf("%w (fix %s)", err, *usersFile)
@@ -173,33 +185,121 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 	return errors.New(preflightAdvice(r))
 }
 
-// openStoreForPreflight opens the embedded store. When the gateway holds
-// it, preflight goes on without it if the members were given and no
-// provider needs the vault; it returns a nil store then.
-func openStoreForPreflight(cfg *config.Config, haveUsers, usesVault bool, stderr io.Writer) (store.Store, error) {
+// errStoreBusy: the store cannot be read here (another process, the
+// gateway, holds it; or it is PostgreSQL, which preflight does not read).
+var errStoreBusy = errors.New("the store is in use")
+
+// openPreflightStore opens the embedded store; an error wrapping
+// errStoreBusy when the gateway holds it or store.url is set.
+func openPreflightStore(cfg *config.Config) (store.Store, error) {
 	if cfg.Store.URL != "" {
-		if haveUsers && !usesVault {
-			fmt.Fprintln(stderr, "pecgate preflight: store.url is set and preflight reads only the embedded store: going on without the store")
-			return nil, nil
-		}
-		return nil, errors.New("store.url is set: pecgate preflight reads only the embedded store (store.path) in this version; give the members with -users FILE (possible when no provider of the domain uses vault credentials)")
+		return nil, fmt.Errorf("%w: store.url is set, and pecgate preflight reads only the embedded store", errStoreBusy)
 	}
 	st, err := bolt.Open(cfg.Store.Path)
 	if errors.Is(err, bolt.ErrLocked) {
-		if haveUsers && !usesVault {
-			fmt.Fprintf(stderr, "pecgate preflight: the store in %s is in use (the gateway runs): going on without it; members come from -users\n", cfg.Store.Path)
-			return nil, nil
-		}
-		how := "give the members with -users FILE, or stop the gateway (pecgate serve), run pecgate preflight, then start the gateway"
-		if usesVault {
-			how = "a provider of the domain uses vault credentials, which are in the store: stop the gateway (pecgate serve), run pecgate preflight, then start the gateway; or run it with a copy of " + cfg.Store.Path + " (set store.path in a copy of the configuration)"
-		}
-		return nil, fmt.Errorf("the store in %s is in use, probably by the running gateway: %s (%w)", cfg.Store.Path, how, err)
+		return nil, fmt.Errorf("%w: %w", errStoreBusy, err)
 	}
+	return st, err
+}
+
+// storeBusyNote says why the store could not be read, for a note.
+func storeBusyNote(cfg *config.Config) string {
+	if cfg.Store.URL != "" {
+		return "store.url is set"
+	}
+	return "the store in " + cfg.Store.Path + " is in use"
+}
+
+// preflightDirect runs the check in this process; st may be nil (then
+// users must be given).
+func preflightDirect(ctx context.Context, o preflight.Options, st store.Store, domain string, users []string) (*preflight.Report, error) {
+	if st != nil {
+		o.Store = st
+		if o.Config.Vault.KeyFile != "" {
+			v, err := store.OpenVault(o.Config.Vault.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("vault.key_file: %w", err)
+			}
+			o.Secrets = vaultSecrets{v: v, st: st}
+		}
+	}
+	if users == nil {
+		var err error
+		if users, err = verify.KnownUsers(ctx, st, domain); err != nil {
+			return nil, err
+		}
+		if len(users) == 0 {
+			return nil, fmt.Errorf("the store knows no member of %s (none has logged in through the gateway, has vault credentials or copy progress): list the members in a CSV file (user[,password]) and give it with -users", domain)
+		}
+	}
+	return preflight.Domain(ctx, o, domain, users)
+}
+
+// preflightViaGateway asks the running gateway's admin API to run the
+// check.
+func preflightViaGateway(ctx context.Context, cfgPath, domain string, req admin.PreflightRequest) (*preflight.Report, error) {
+	c, err := adminClient(cfgPath)
 	if err != nil {
 		return nil, err
 	}
-	return st, nil
+	r := new(preflight.Report)
+	if err := c.Preflight(ctx, domain, req, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// gatewayAnswered reports whether err is the gateway's own answer about
+// the check (bad input, unknown domain), not a failure to reach it or a
+// gateway without preflight support.
+func gatewayAnswered(err error) bool {
+	var ae *admin.Error
+	return errors.As(err, &ae) && ae.Status != http.StatusNotImplemented && ae.Status != http.StatusUnauthorized
+}
+
+// gatewayPreflight is the admin API's preflight runner in a running
+// gateway: it checks with the gateway's store, vault and providers.
+func gatewayPreflight(cfg *config.Config, backends *backend.Set, st store.Store, secrets backend.Secrets, log *slog.Logger) admin.PreflightFunc {
+	return func(ctx context.Context, domain string, req admin.PreflightRequest) (any, error) {
+		d := cfg.Domains[strings.ToLower(domain)]
+		switch {
+		case d == nil:
+			return nil, fmt.Errorf("%w: %s", store.ErrUnknownDomain, domain)
+		case d.New == "":
+			return nil, fmt.Errorf("%w: %s", store.ErrNoNewProvider, domain)
+		}
+		o := preflight.Options{Config: cfg, Backends: backends, Store: st, Secrets: secrets, Log: log,
+			Concurrency: req.Concurrency, NoCreate: req.NoCreate}
+		var users []string
+		if len(req.Users) > 0 {
+			passwords := map[string]string{}
+			for _, u := range req.Users {
+				name := store.CanonicalUser(strings.TrimSpace(u.User))
+				users = append(users, name)
+				passwords[name] = u.Password
+			}
+			o.Password = func(user string) (string, bool) {
+				pw := passwords[user]
+				return pw, pw != ""
+			}
+		} else {
+			var err error
+			if users, err = verify.KnownUsers(ctx, st, d.Name); err != nil {
+				return nil, err
+			}
+			if len(users) == 0 {
+				return nil, &admin.Error{Status: http.StatusConflict, Message: fmt.Sprintf("the store knows no member of %s: give the members (users, or pecgate preflight -users FILE)", d.Name)}
+			}
+		}
+		r, err := preflight.Domain(ctx, o, d.Name, users)
+		if errors.Is(err, preflight.ErrNotMember) {
+			return nil, &admin.Error{Status: http.StatusBadRequest, Message: err.Error()}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
 }
 
 // readMembers reads a CSV file of user[,password] lines (a header line

@@ -2,14 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/csv"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	gosync "sync"
 	"testing"
 
+	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/internal/dovetest"
+	"github.com/pecgate/pecgate/store"
 	"github.com/pecgate/pecgate/store/bolt"
 	"github.com/pecgate/pecgate/sync/preflight"
 )
@@ -142,7 +149,87 @@ func TestPreflightDovecot(t *testing.T) {
 	defer st.Close()
 	users = writeFile(t, s.dir, "ok.csv", healthy+","+old.Password(healthy)+"\n"+noPw+"\n")
 	code, stdout, stderr = s.preflight("-users", users, "pec.ordine.example")
-	if code != 0 || !strings.Contains(stdout, "OK: no member blocks the flip") || !strings.Contains(stderr, "going on without it") {
+	if code != 0 || !strings.Contains(stdout, "OK: no member blocks the flip") || !strings.Contains(stderr, "going on without the store") {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
+}
+
+// TestPreflightThroughGateway: while the gateway holds the store, pecgate
+// preflight has the gateway run the check through the admin API, with the
+// members and passwords given here, and prints its report like its own.
+func TestPreflightThroughGateway(t *testing.T) {
+	const (
+		healthy = "giulia.verdi@pec.ordine.example"
+		wrong   = "mario.rossi@pec.ordine.example"
+	)
+	old, nw := dovetest.StartPair(t, healthy, wrong)
+	s := writeVerifyConfig(t, old, nw)
+	data, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := writeFile(t, s.dir, "admin.token", "sekrit-token\n")
+	adminAddr := freeAddrs(t, 1)[0]
+	text := strings.Replace(string(data), `admin = ""`, `admin = "`+adminAddr+`"`, 1) + "\n[admin]\ntoken_file = \"" + tokenFile + "\"\n"
+	writeFile(t, s.dir, "pecgate.toml", text)
+
+	// The gateway: its store, providers and admin API with preflight.
+	cfg, err := config.Load(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(cfg.Store.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	router, err := store.NewRouter(context.Background(), cfg, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backends, err := backend.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gwLog bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &gwLog}, nil))
+	_, stop, err := startAdminFor(context.Background(), cfg, adminDeps{Router: router, Store: db, Backends: backends,
+		Preflight: gatewayPreflight(cfg, backends, db, nil, log)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+
+	users := writeFile(t, s.dir, "members.csv", healthy+","+old.Password(healthy)+"\n"+wrong+",nope\n")
+	out := filepath.Join(s.dir, "gw.csv")
+	code, stdout, stderr := s.preflight("-users", users, "-out", out, "pec.ordine.example")
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	if code != 1 || !strings.Contains(stderr, "the running gateway ran the check") || !strings.Contains(stderr, wrong+": login credentials on old") ||
+		!strings.Contains(stdout, healthy) || !strings.Contains(stdout, "BLOCKED") {
+		t.Fatalf("exit %d", code)
+	}
+	if b, err := os.ReadFile(out); err != nil || !strings.Contains(string(b), wrong+",migrating,blocked,refused,ok") {
+		t.Errorf("CSV from the gateway's report: %v\n%s", err, b)
+	}
+	if strings.Contains(gwLog.String(), old.Password(healthy)) || !strings.Contains(gwLog.String(), "preflight done") {
+		t.Errorf("gateway log:\n%s", gwLog.String())
+	}
+
+	// Without -users the gateway's store decides, and knows nobody yet.
+	code, _, stderr = s.preflight("pec.ordine.example")
+	if code != 1 || !strings.Contains(stderr, "knows no member") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// syncWriter serialises writes (the gateway logs from several goroutines).
+type syncWriter struct {
+	mu gosync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
 }

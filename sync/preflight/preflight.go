@@ -69,6 +69,7 @@ package preflight
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -145,60 +146,76 @@ const (
 
 // Problem is one thing that is wrong with a member.
 type Problem struct {
-	Side     string // SideOld or SideNew
-	Provider string
-	Kind     string
+	Side     string `json:"side"` // SideOld or SideNew
+	Provider string `json:"provider"`
+	Kind     string `json:"kind"`
 	// Refusal is the kind of login failure for KindLogin, "" otherwise.
-	Refusal backend.LoginRefusal
+	Refusal backend.LoginRefusal `json:"refusal,omitempty"`
 	// Blocks is true when the problem makes the flip unsafe; false for a
 	// warning.
-	Blocks bool
+	Blocks bool `json:"blocks"`
 	// Message says what is wrong; Advice what to do.
-	Message, Advice string
+	Message string `json:"message"`
+	Advice  string `json:"advice"`
 }
 
 // Oversize is a message of old that is over new's size limit.
 type Oversize struct {
-	Folder  string
-	UID     uint32
-	Size    int64
-	Date    time.Time // INTERNALDATE
-	Subject string
+	Folder  string    `json:"folder"`
+	UID     uint32    `json:"uid"`
+	Size    int64     `json:"size"`
+	Date    time.Time `json:"date"` // INTERNALDATE
+	Subject string    `json:"subject"`
 }
 
 // FolderRefusal is an old folder whose name new refuses.
 type FolderRefusal struct {
-	Folder    string // name on old
-	NewFolder string // the name tried on new
-	Messages  uint32 // messages in the old folder, which would stay behind
-	Reason    string // the new server's answer
+	Folder    string `json:"folder"`     // name on old
+	NewFolder string `json:"new_folder"` // the name tried on new
+	Messages  uint32 `json:"messages"`   // messages in the old folder, which would stay behind
+	Reason    string `json:"reason"`     // the new server's answer
 }
 
 // Member is one member's result.
+//
+// Its JSON document has the fields below and, computed, "verdict"
+// (Verdict) and "blocks" (Blocks).
 type Member struct {
-	User  string
-	State string // effective state of the member
+	User  string `json:"user"`
+	State string `json:"state"` // effective state of the member
 	// OldLogin and NewLogin are LoginOK, LoginRefused or LoginNotChecked.
-	OldLogin, NewLogin string
+	OldLogin string `json:"old_login"`
+	NewLogin string `json:"new_login"`
 	// Folders, Messages and Bytes are what old holds (selectable folders).
-	Folders  int
-	Messages int64
-	Bytes    int64
+	Folders  int   `json:"folders"`
+	Messages int64 `json:"messages"`
+	Bytes    int64 `json:"bytes"`
 	// QuotaLimit and QuotaUsed are new's quota and usage in bytes;
 	// QuotaSource says where they come from ("GETQUOTAROOT", "quota_bytes")
 	// or is "" when unknown.
-	QuotaLimit, QuotaUsed int64
-	QuotaSource           string
+	QuotaLimit  int64  `json:"quota_limit"`
+	QuotaUsed   int64  `json:"quota_used"`
+	QuotaSource string `json:"quota_source"`
 	// SizeLimit is new's message size limit in bytes, 0 when unknown.
-	SizeLimit int64
-	Oversize  []Oversize
+	SizeLimit int64      `json:"size_limit"`
+	Oversize  []Oversize `json:"oversize"`
 	// FoldersCreated are the folders created on new (which the migration
 	// would have created), FolderRefusals those new refused.
-	FoldersCreated []string
-	FolderRefusals []FolderRefusal
+	FoldersCreated []string        `json:"folders_created"`
+	FolderRefusals []FolderRefusal `json:"folders_refused"`
 	// FoldersChecked is false when folder names were not checked.
-	FoldersChecked bool
-	Problems       []Problem
+	FoldersChecked bool      `json:"folders_checked"`
+	Problems       []Problem `json:"problems"`
+}
+
+// MarshalJSON adds "verdict" and "blocks" to the member's fields.
+func (m *Member) MarshalJSON() ([]byte, error) {
+	type plain Member
+	return json.Marshal(struct {
+		*plain
+		Verdict string `json:"verdict"`
+		Blocks  bool   `json:"blocks"`
+	}{(*plain)(m), m.Verdict(), m.Blocks()})
 }
 
 // Blocks reports whether the member makes the flip unsafe.
@@ -220,16 +237,32 @@ func (m *Member) Verdict() string {
 func (m *Member) add(p Problem) { m.Problems = append(m.Problems, p) }
 
 // Report is a whole preflight.
+//
+// Its JSON document (the answer of the admin API's POST
+// /api/v1/domains/{domain}/preflight) has the fields
+// below and, computed, "ok" (OK).
 type Report struct {
-	Domain, State     string // State is the domain's effective state
-	Old, New          string // provider names
-	Started, Finished time.Time
-	Members           []*Member // sorted by address
+	Domain   string    `json:"domain"`
+	State    string    `json:"state"` // the domain's effective state
+	Old      string    `json:"old"`   // provider names
+	New      string    `json:"new"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Members  []*Member `json:"members"` // sorted by address
 	// Concurrency is the members checked at once, per provider.
-	Concurrency map[string]int
+	Concurrency map[string]int `json:"concurrency"`
 	// FoldersNotChecked says why folder names were not checked, "" when
 	// they were.
-	FoldersNotChecked string
+	FoldersNotChecked string `json:"folders_not_checked,omitempty"`
+}
+
+// MarshalJSON adds "ok" to the report's fields.
+func (r *Report) MarshalJSON() ([]byte, error) {
+	type plain Report
+	return json.Marshal(struct {
+		*plain
+		OK bool `json:"ok"`
+	}{(*plain)(r), r.OK()})
 }
 
 // OK reports whether no member blocks the flip.
