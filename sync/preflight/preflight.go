@@ -539,7 +539,9 @@ func selectable(l *imap.ListData) bool {
 func listAll(c *backend.IMAPConn) ([]*imap.ListData, error) {
 	caps := c.Caps()
 	var opts *imap.ListOptions
-	if caps.Has(imap.CapSpecialUse) || caps.Has(imap.CapIMAP4rev2) {
+	// RETURN needs LIST-EXTENDED (RFC 5258); a SPECIAL-USE server sends the
+	// roles in a plain LIST too (RFC 6154 section 2).
+	if (caps.Has(imap.CapListExtended) || caps.Has(imap.CapIMAP4rev2)) && (caps.Has(imap.CapSpecialUse) || caps.Has(imap.CapIMAP4rev2)) {
 		opts = &imap.ListOptions{ReturnSpecialUse: true}
 	}
 	return c.List("", "*", opts).Collect()

@@ -130,11 +130,12 @@ type setup struct {
 	passwords        map[string]string
 }
 
-func start(t *testing.T) *setup { t.Helper(); return startWith(t, quotaBytes) }
+func start(t *testing.T) *setup { t.Helper(); return startWith(t, quotaBytes, nil) }
 
 // startWith starts old and new, new with a quota of newQuota bytes per
-// user enforced and announced by Dovecot (QUOTA), none when 0.
-func startWith(t *testing.T, newQuota int64) *setup {
+// user enforced and announced by Dovecot (QUOTA), none when 0, and its
+// options changed by edit (nil: none).
+func startWith(t *testing.T, newQuota int64, edit func(*dovetest.Options)) *setup {
 	t.Helper()
 	dovetest.Require(t)
 	var oldUsers, newUsers []dovetest.User
@@ -151,7 +152,11 @@ func startWith(t *testing.T, newQuota int64) *setup {
 	}
 	s := &setup{}
 	s.old = dovetest.Start(t, dovetest.Options{Name: "old", Delimiter: "/", Layout: dovetest.LayoutFS, Users: oldUsers})
-	s.new = dovetest.Start(t, dovetest.Options{Name: "new", Delimiter: "/", QuotaBytes: newQuota, Users: newUsers})
+	newOpts := dovetest.Options{Name: "new", Delimiter: "/", QuotaBytes: newQuota, Users: newUsers}
+	if edit != nil {
+		edit(&newOpts)
+	}
+	s.new = dovetest.Start(t, newOpts)
 
 	for _, u := range members {
 		s.old.Deliver(t, u, "INBOX", message("benvenuto "+u, 2000))
@@ -445,7 +450,7 @@ func TestHealthyOnly(t *testing.T) {
 // TestQuotaBytes: without QUOTA on new, the provider's quota_bytes is the
 // quota, against what new's folders hold.
 func TestQuotaBytes(t *testing.T) {
-	s := startWith(t, 0)
+	s := startWith(t, 0, nil)
 	s.cfg.Providers["new"].QuotaBytes = quotaBytes
 	var err error
 	if s.bs, err = backend.New(s.cfg, nil); err != nil {
@@ -466,6 +471,31 @@ func TestQuotaBytes(t *testing.T) {
 		if m.User == healthy && (m.QuotaUsed < 4000 || m.QuotaUsed > 5000) {
 			t.Errorf("%s: %d bytes used on new, want the one message of about 4000", m.User, m.QuotaUsed)
 		}
+	}
+}
+
+// TestSpecialUseFolders: old's special-use folders map to new's by role,
+// whatever each calls them, so none is created on new; a folder new lacks
+// is created once, and a second run finds it there.
+func TestSpecialUseFolders(t *testing.T) {
+	s := startWith(t, quotaBytes, func(o *dovetest.Options) {
+		o.Delimiter = "."
+		o.SpecialUse = map[string]string{`\Sent`: "Posta inviata", `\Trash`: "Cestino", `\Drafts`: "Bozze", `\Junk`: "Spam"}
+	})
+	r, err := preflight.Domain(context.Background(), s.options(), domain, []string{healthy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := r.Members[0]
+	if !m.FoldersChecked || !slices.Equal(m.FoldersCreated, []string{"Archivio.2023"}) || len(m.Problems) > 0 {
+		t.Errorf("folders created %q (want only Archivio.2023: the delimiter converted, the roles mapped), problems %q", m.FoldersCreated, kinds(m))
+	}
+	r, err = preflight.Domain(context.Background(), s.options(), domain, []string{healthy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := r.Members[0]; len(m.FoldersCreated) > 0 || !m.FoldersChecked {
+		t.Errorf("second run created %q", m.FoldersCreated)
 	}
 }
 
