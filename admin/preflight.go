@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -65,9 +66,15 @@ const maxPreflightBody = 8 << 20
 // preflightTimeout bounds one preflight run inside the gateway.
 const preflightTimeout = 2 * time.Hour
 
-// preflightRunning allows one preflight at a time per process: each one
-// takes provider connections from the gateway's own.
-var preflightRunning atomic.Bool
+// preflightRunning allows one preflight at a time per handler (*server ->
+// *atomic.Bool): each one takes provider connections from the gateway's
+// own. A handler's entry lives as long as the process (one per New).
+var preflightRunning sync.Map
+
+func (s *server) preflightLock() *atomic.Bool {
+	v, _ := preflightRunning.LoadOrStore(s, new(atomic.Bool))
+	return v.(*atomic.Bool)
+}
 
 // routePreflightAPI registers POST /api/v1/domains/{domain}/preflight
 // (under /api, behind the token).
@@ -97,10 +104,11 @@ func (s *server) postPreflight(w http.ResponseWriter, r *http.Request) error {
 			return errorf(http.StatusBadRequest, "users[%d]: %q is not an address", i, u.User)
 		}
 	}
-	if !preflightRunning.CompareAndSwap(false, true) {
+	running := s.preflightLock()
+	if !running.CompareAndSwap(false, true) {
 		return errorf(http.StatusConflict, "a preflight is already running in this gateway: wait for it to end")
 	}
-	defer preflightRunning.Store(false)
+	defer running.Store(false)
 	// The server's WriteTimeout would cut a long check's answer.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(preflightTimeout + time.Minute))
 	ctx, cancel := context.WithTimeout(r.Context(), preflightTimeout)

@@ -160,7 +160,7 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 			if usesVault {
 				how = "enable the admin API ([server] admin, [admin] token_file) and restart the gateway; or stop the gateway, run pecgate preflight, then start it (a provider of the domain uses vault credentials, which are in the store)"
 			}
-			return fmt.Errorf("the store in %s is in use, probably by the running gateway, and the gateway did not run the check: %v; %s", cfg.Store.Path, err, how)
+			return fmt.Errorf("%s (probably by the running gateway), and the gateway did not run the check: %v; %s", storeBusyNote(cfg), err, how)
 		}
 	default:
 		return err
