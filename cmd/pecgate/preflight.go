@@ -166,8 +166,11 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err != nil {
-		if errors.Is(err, preflight.ErrNotMember) {
+		switch {
+		case errors.Is(err, preflight.ErrNotMember):
 			return fmt.Errorf("%w (fix %s)", err, *usersFile)
+		case ctx.Err() != nil:
+			return fmt.Errorf("interrupted: no report (the members checked so far got one login attempt each; run pecgate preflight again to check them all): %w", err)
 		}
 		return err
 	}
@@ -317,7 +320,7 @@ func readMembers(file string) (users []string, passwords map[string]string, err 
 		r.Comma = ';'
 	}
 	r.FieldsPerRecord = -1
-	r.TrimLeadingSpace = true
+	// No TrimLeadingSpace: a password may start with a space.
 	passwords = map[string]string{}
 	for n := 0; ; n++ {
 		rec, err := r.Read()

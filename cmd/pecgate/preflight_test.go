@@ -74,6 +74,22 @@ func TestPreflightUsage(t *testing.T) {
 	}
 }
 
+// TestReadMembers: addresses are trimmed and lower-cased, passwords kept
+// byte for byte (a leading space is part of a password), the password
+// column optional, the header line optional.
+func TestReadMembers(t *testing.T) {
+	dir := t.TempDir()
+	f := writeFile(t, dir, "m.csv", "\uFEFFutente,password\n Mario.Rossi@PEC.ordine.example , sp ace \nanna@pec.ordine.example\n\"luigi@pec.ordine.example\",\"a,\"\"b\"\n")
+	users, pw, err := readMembers(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"mario.rossi@pec.ordine.example", "anna@pec.ordine.example", "luigi@pec.ordine.example"}
+	if !slices.Equal(users, want) || pw[want[0]] != " sp ace " || pw[want[1]] != "" || pw[want[2]] != `a,"b` {
+		t.Errorf("users %q, passwords %q", users, pw)
+	}
+}
+
 // TestPreflightStoreLocked: with the store held by the gateway and no
 // -users, preflight says what to do.
 func TestPreflightStoreLocked(t *testing.T) {
@@ -105,7 +121,7 @@ func TestPreflightDovecot(t *testing.T) {
 	old, nw := dovetest.StartPair(t, healthy, wrong, noPw)
 	s := writeVerifyConfig(t, old, nw)
 	users := writeFile(t, s.dir, "members.csv", "user;password\n"+
-		healthy+";"+old.Password(healthy)+"\n"+
+		" "+healthy+";"+old.Password(healthy)+"\n"+
 		wrong+";not-"+old.Password(wrong)+"\n"+
 		noPw+"\n")
 	out := filepath.Join(s.dir, "preflight.csv")
