@@ -73,6 +73,9 @@ type Options struct {
 	// Metrics serves GET /metrics (promhttp on the gateway's registry).
 	// nil answers 501.
 	Metrics http.Handler
+	// Preflight runs POST /api/v1/domains/{domain}/preflight (preflight.go).
+	// nil answers 501.
+	Preflight PreflightFunc
 }
 
 // maxBody bounds a PUT body.
@@ -113,6 +116,7 @@ func New(opts Options) http.Handler {
 	api.Handle("/api/v1/users/{user}/progress", s.notAllowed("GET"))
 	s.routePageAPI(api)
 	s.routeBackup(api)
+	s.routePreflightAPI(api)
 	api.Handle("/api/", s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such API path: %s", r.URL.Path)
 	}))

@@ -36,6 +36,9 @@ type adminDeps struct {
 	Backends *backend.Set
 	// Metrics serves GET /metrics; nil answers 501.
 	Metrics http.Handler
+	// Preflight runs preflight checks for `pecgate preflight` (preflight.go
+	// gatewayPreflight); nil answers 501.
+	Preflight admin.PreflightFunc
 }
 
 // startAdminFor serves the admin API on [server] admin until stop is
@@ -55,7 +58,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 	if err != nil {
 		return "", nil, err
 	}
-	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics}
+	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics, Preflight: deps.Preflight}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}

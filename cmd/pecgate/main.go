@@ -31,7 +31,7 @@ func commands() []command {
 		{"demo", "demo [-dir DIR] [-random-ports] [-copy-rate N] [-no-phones] [-log-format text|json] [-quiet]", "run old and new demo providers with PEC mail and the gateway on localhost", runDemo},
 		{"route", "route [-config FILE] [-force] [-y] DOMAIN|USER old|migrating|new", "change a migration state", runRoute},
 		{"status", "status [-config FILE] [-watch] [DOMAIN|USER]", "show migration progress", runStatus},
-		{"preflight", "preflight [-config FILE] DOMAIN", "check every member before a flip", notYet("preflight", 5)},
+		{"preflight", "preflight [-config FILE] [-users FILE.csv] [-out FILE.csv] [-concurrency N] [-no-create] [-v] DOMAIN", "check every member before a flip: logins, quota, size limit, folder names", runPreflight},
 		{"verify", "verify [-config FILE] [-out DIR] [-passwords FILE] [-v] DOMAIN|USER", "audit old against new: CSV, JSON and SHA-256 reports", runVerify},
 		{"vault", "vault [-config FILE] import [-check] FILE.csv", "import provider credentials", runVault},
 		{"backup", "backup [-config FILE] [-force] OUT.db", "copy the store, while the gateway runs", runBackup},

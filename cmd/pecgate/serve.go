@@ -200,7 +200,8 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 			log.Error("back-fill engine stopped", "err", err)
 		}
 	}()
-	adminAddr, stopAdmin, err := startAdminFor(ctx, cfg, adminDeps{Router: router, Store: st, Backends: backends}, log)
+	adminAddr, stopAdmin, err := startAdminFor(ctx, cfg, adminDeps{Router: router, Store: st, Backends: backends,
+		Preflight: gatewayPreflight(cfg, backends, st, secrets, log)}, log)
 	if err != nil {
 		gw.shutdown(time.Second)
 		return nil, fmt.Errorf("server.admin: %w", err)

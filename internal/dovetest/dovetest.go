@@ -66,6 +66,11 @@ import (
 type User struct {
 	Address  string
 	Password string
+	// Extra are passdb extra fields for this user, space-separated
+	// (Dovecot's passwd-file 8th field), e.g. "nologin reason=..." to
+	// refuse the login with that text whatever the password. Empty means
+	// none. It must not hold ':' or line breaks.
+	Extra string
 }
 
 // Options configure one Dovecot instance. The zero value is a usable "test"
@@ -98,7 +103,18 @@ type Options struct {
 	// the mailbox that carries it; each is auto-created and subscribed. Nil
 	// means DefaultSpecialUse. An empty non-nil map means none.
 	SpecialUse map[string]string
+	// Layout is the Maildir folder layout: "" for Maildir++ (folders are
+	// .A.B directories; "." is the separator on disk, so with Delimiter "/"
+	// a name may not hold ".") or LayoutFS (folders are nested A/B
+	// directories, names may hold "."; Delimiter must be "/"). SeedMaildir
+	// supports only Maildir++; use CreateMailbox and Deliver with LayoutFS.
+	Layout string
 }
+
+// LayoutFS is Options.Layout for Dovecot's LAYOUT=fs: one directory per
+// hierarchy level, so a folder name may contain "." (as on providers whose
+// names carry dates like "Fatture 2023.01").
+const LayoutFS = "fs"
 
 // DefaultSpecialUse is the special-use mailboxes a server gets when
 // Options.SpecialUse is nil.
@@ -152,6 +168,8 @@ type Server struct {
 	SpecialUse map[string]string
 	// QuotaBytes is the per-user quota, 0 if none.
 	QuotaBytes int64
+	// Layout is Options.Layout: "" (Maildir++) or LayoutFS.
+	Layout string
 	// Greeting is the text of the IMAP greeting, unique to this instance.
 	Greeting string
 	// ConfigPath, LogPath and LMTPSocket locate Dovecot's config, its log
@@ -255,6 +273,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Delimiter:         opts.Delimiter,
 		SpecialUse:        opts.SpecialUse,
 		QuotaBytes:        max(opts.QuotaBytes, 0),
+		Layout:            opts.Layout,
 		SubmissionMaxSize: DefaultSubmissionMaxSize,
 		dovecotBin:        bins[0],
 		doveadmBin:        bins[1],
@@ -311,6 +330,14 @@ func (s *Server) checkOptions(opts Options) error {
 	if s.Delimiter != "." && s.Delimiter != "/" {
 		return fmt.Errorf("delimiter %q: want \".\" or \"/\"", s.Delimiter)
 	}
+	switch {
+	case s.Layout != "" && s.Layout != LayoutFS:
+		return fmt.Errorf("layout %q: want \"\" (Maildir++) or %q", s.Layout, LayoutFS)
+	case s.Layout == LayoutFS && s.Delimiter != "/":
+		// Dovecot: LAYOUT=fs keeps the levels as directories, and the
+		// separator on disk is "/": a "." delimiter would be a second one.
+		return fmt.Errorf("layout %q needs delimiter \"/\"", LayoutFS)
+	}
 	if strings.ContainsAny(s.Name, " \t\r\n/\"'\\") {
 		return fmt.Errorf("name %q: no white space, quotes, slashes", s.Name)
 	}
@@ -325,6 +352,9 @@ func (s *Server) checkOptions(opts Options) error {
 		}
 		if strings.ContainsAny(u.Password, ":\r\n") {
 			return fmt.Errorf("user %q: password must not contain ':' or line breaks", u.Address)
+		}
+		if strings.ContainsAny(u.Extra, ":\r\n") {
+			return fmt.Errorf("user %q: extra fields must not contain ':' or line breaks", u.Address)
 		}
 		if seen[a] {
 			return fmt.Errorf("user %q listed twice", u.Address)
@@ -369,7 +399,7 @@ func (s *Server) setup(maxConns int) error {
 		// passwd-file fields: user:password:uid:gid:gecos:home:shell:extra.
 		// Dovecot: auth_username_format defaults to %Lu, so logins are
 		// lower-cased before the lookup: the file holds lower case.
-		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::\n", strings.ToLower(u.Address), u.Password, s.mail.uid, s.mail.gid, s.home(u.Address))
+		fmt.Fprintf(&users, "%s:{PLAIN}%s:%d:%d::%s::%s\n", strings.ToLower(u.Address), u.Password, s.mail.uid, s.mail.gid, s.home(u.Address), u.Extra)
 	}
 	fmt.Fprintf(&masters, "%s:{PLAIN}%s\n", s.MasterUser, s.MasterPassword)
 
@@ -493,7 +523,11 @@ func (s *Server) config() string {
 	w("auth_failure_delay = 0")
 	w("auth_verbose = yes")
 	w("auth_master_user_separator = *")
-	w("mail_location = maildir:~/Maildir")
+	if s.Layout == LayoutFS {
+		w("mail_location = maildir:~/Maildir:LAYOUT=fs")
+	} else {
+		w("mail_location = maildir:~/Maildir")
+	}
 	w("mail_uid = %d", s.mail.uid)
 	w("mail_gid = %d", s.mail.gid)
 	w("first_valid_uid = %d", s.mail.uid)
@@ -660,6 +694,17 @@ func (s *Server) doveadm(stdin []byte, args ...string) ([]byte, error) {
 func (s *Server) Deliver(t testing.TB, addr, mailbox string, msg []byte) {
 	t.Helper()
 	if err := s.save(addr, mailbox, msg); err != nil {
+		t.Fatalf("dovetest: %s: %v", s.Name, err)
+	}
+}
+
+// CreateMailbox creates mailbox for addr with `doveadm mailbox create`, as
+// the user's client would with CREATE: Dovecot applies the same name rules
+// (the mailbox name uses this server's Delimiter). It works with every
+// Layout.
+func (s *Server) CreateMailbox(t testing.TB, addr, mailbox string) {
+	t.Helper()
+	if _, err := s.doveadm(nil, "mailbox", "create", "-u", addr, mailbox); err != nil {
 		t.Fatalf("dovetest: %s: %v", s.Name, err)
 	}
 }

@@ -71,6 +71,9 @@ func (s *Server) seedMaildir(addr string, msgs []SeedMessage) error {
 	if s.Password(addr) == "" {
 		return fmt.Errorf("%q is not a user here", addr)
 	}
+	if s.Layout != "" {
+		return fmt.Errorf("SeedMaildir writes Maildir++ only, and this server has layout %q: use CreateMailbox and Deliver", s.Layout)
+	}
 	root := s.MaildirPath(addr)
 	if err := s.mkdirOwned(s.home(addr)); err != nil {
 		return err
