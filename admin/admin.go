@@ -5,7 +5,7 @@
 //
 //	GET /healthz                     200 "ok": the process answers; no token
 //	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
-//	GET /metrics                     501 for now: Prometheus metrics come with a later issue
+//	GET /metrics                     Prometheus text format (Options.Metrics); 501 when not kept
 //	GET /                            a plain HTML page: domains and states; no token
 //	GET /api/v1/domains              every served domain (DomainList), with its copy progress (DomainProgress)
 //	GET /api/v1/domains/{domain}     one domain, its user overrides, its progress and the members with problems (Domain)
@@ -14,6 +14,7 @@
 //	PUT /api/v1/users/{user}         the same body; {"state":""} removes the user's own state
 //	GET /api/v1/users/{user}/progress  the copy progress alone (404 when not kept)
 //	GET /api/v1/backup               a consistent copy of the store file, streamed (backup.go)
+//	POST /api/v1/domains/{domain}/preflight  run the pre-flip check in the gateway (preflight.go)
 //
 // Copy progress (progress.go) is read from Options.Store: per user with
 // measured rates, an ETA and a hint per problem (UserProgress), per domain
