@@ -158,8 +158,8 @@ func (s *imapSession) Close() error {
 		s.unsubscribe()
 	}
 	s.srv.sessionDone(s)
-	s.mt.End()
 	s.log.Info("session end")
+	s.mt.End()
 	return nil
 }
 

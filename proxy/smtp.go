@@ -390,7 +390,6 @@ func (c *smtpConn) Close() error {
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
-		c.mt.End()
 		log := c.srv.log.With("cid", c.id, "listener", c.listener)
 		if sess := c.session.Load(); sess != nil {
 			sess.mu.Lock()
@@ -398,6 +397,7 @@ func (c *smtpConn) Close() error {
 			sess.mu.Unlock()
 		}
 		log.Info("session end")
+		c.mt.End()
 		c.srv.connWG.Done()
 	})
 	return err
