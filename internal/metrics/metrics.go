@@ -39,7 +39,8 @@
 //	    source: backfill (the background engine) | on_demand (a session's
 //	          write to a message not yet in new)
 //	pecgate_backfill_errors_total{domain,kind}       copy problems, by the engine's
-//	    error kinds (sync.Kind*: upstream, quota, oversize, folder, auth, ...)
+//	    error kinds (sync.Kind*: upstream, quota, oversize, folder, auth, ...),
+//	    and on_demand (a session's copy failed; the back-fill retries it)
 package metrics
 
 import (
@@ -80,6 +81,8 @@ const (
 
 	SourceBackfill = "backfill"
 	SourceOnDemand = "on_demand"
+
+	KindOnDemand = "on_demand" // pecgate_backfill_errors_total: a session's copy failed
 )
 
 // Metrics holds the collectors. The zero value is not usable; a nil
