@@ -73,7 +73,7 @@ func NewIMAP(opts Options) *IMAPServer {
 type slogPrintf struct{ log *slog.Logger }
 
 func (l slogPrintf) Printf(format string, args ...any) {
-	l.log.Warn("imapserver", "msg", fmt.Sprintf(format, args...))
+	l.log.Warn("imapserver", "detail", fmt.Sprintf(format, args...))
 }
 
 // Serve serves STARTTLS IMAP (port 143) on ln.

@@ -37,7 +37,8 @@ type imapSession struct {
 	log    *slog.Logger
 	events chan struct{} // one token: the queue grew
 
-	mt *metrics.Session // pecgate_sessions; nil without metrics
+	mt      *metrics.Session // pecgate_sessions; nil without metrics
+	connLog *slog.Logger     // log before login (cid, proto, remote); routeLog adds the route
 
 	route    *Route
 	password string // the client's, in memory only, to reconnect upstream
@@ -107,6 +108,12 @@ func (s *imapSession) enter() {
 // s.timed("fetch")().
 func (s *imapSession) timed(command string) (done func()) {
 	return s.srv.opts.Metrics.IMAPCommand(command)
+}
+
+// routeLog is the session's logger for route: the connection's attributes
+// plus user, domain, provider and state (each once, also after a flip).
+func (s *imapSession) routeLog(route *Route) *slog.Logger {
+	return s.connLog.With("user", route.User, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
 }
 
 // upstreamBroke counts c's connection as broken mid-command.
@@ -181,7 +188,8 @@ func (s *imapSession) Login(username, password string) error {
 		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolIMAP, metrics.ReasonUnknownDomain)
 		return imapserver.ErrAuthFailed
 	}
-	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
+	s.connLog = s.log
+	log := s.routeLog(route)
 	var up *backend.IMAPConn
 	var err error
 	if route.State == config.StateOld && !s.hasMaps(username, route) {

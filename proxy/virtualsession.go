@@ -209,7 +209,7 @@ func (s *imapSession) applyFlip() {
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
 		s.mt.SetState(to)
-		s.log = s.log.With("provider", route.Provider.Name, "state", to)
+		s.log = s.routeLog(route)
 		s.mapRoles(ctx)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
@@ -240,6 +240,7 @@ func (s *imapSession) applyFlip() {
 		}
 		s.route, s.state = route, to
 		s.mt.SetState(to)
+		s.log = s.routeLog(route)
 		log.Info("flip applied to live session")
 	default:
 		s.route = route

@@ -410,6 +410,9 @@ func checkJSONLog(t *testing.T, log []byte) {
 			t.Errorf("log line is not JSON: %v: %s", err, sc.Bytes())
 			continue
 		}
+		if k := duplicateKey(sc.Bytes()); k != "" {
+			t.Errorf("log line has %q twice (a log processor keeps one or the other): %s", k, sc.Bytes())
+		}
 		lines = append(lines, m)
 	}
 	find := func(what string, match map[string]string, keys ...string) {
@@ -444,10 +447,36 @@ func checkJSONLog(t *testing.T, log []byte) {
 		return out
 	}
 	find("an IMAP session start", map[string]string{"msg": "session start", "proto": "imap"}, "cid", "remote")
-	find("the member's IMAP session end", with(user, "msg", "session end", "proto", "imap"), "cid", "provider")
+	find("the member's IMAP session end, after the flip", with(user, "msg", "session end", "proto", "imap", "provider", "new", "state", "new"), "cid")
 	find("an SMTP session start", map[string]string{"msg": "session start", "proto": "smtp"}, "cid", "remote")
 	find("the member's SMTP session end", with(user, "msg", "session end", "proto", "smtp"), "cid", "provider")
 	find("the flip by the admin API", map[string]string{"msg": "route changed by force", "kind": "user", "name": e2eUser, "to": "new"})
 	find("the flip in the live session", with(user, "msg", "flip applied to live session", "from", "migrating", "to", "new"), "cid", "provider")
 	find("the copy problem", with(user, "msg", "back-fill problem", "kind", "oversize", "provider", "new"), "old_provider", "mailbox")
+}
+
+// duplicateKey returns a top-level key that the JSON object line holds
+// more than once, or "".
+func duplicateKey(line []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
+		}
+	}
+	return ""
 }
