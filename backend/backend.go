@@ -23,6 +23,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -86,6 +87,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Set, error) {
 // Provider returns the named provider, or nil.
 func (s *Set) Provider(name string) *Provider { return s.providers[name] }
 
+// SetMetrics makes every provider of s count its dials, logins and
+// failures in m (nil: none, the default). Call it before the providers are
+// used.
+func (s *Set) SetMetrics(m *metrics.Metrics) {
+	for _, p := range s.providers {
+		p.SetMetrics(m)
+	}
+}
+
 // Provider is one upstream mail service.
 type Provider struct {
 	Name   string
@@ -98,6 +108,9 @@ type Provider struct {
 	// masterPassword is read from MasterPasswordFile by NewProvider when
 	// Auth is "master"; never logged, never in an error.
 	masterPassword string
+
+	// metrics counts dials, logins and failures; nil: none.
+	metrics *metrics.Metrics
 }
 
 // NewProvider builds a provider from its configuration.
@@ -139,6 +152,16 @@ func NewProvider(name string, pc *config.Provider, log *slog.Logger) (*Provider,
 		}
 	}
 	return p, nil
+}
+
+// SetMetrics makes p count its dials, logins and failures in m (nil:
+// none, the default). Call it before p is used.
+func (p *Provider) SetMetrics(m *metrics.Metrics) { p.metrics = m }
+
+// fail counts a failure of kind (metrics.Err*) and returns err.
+func (p *Provider) fail(kind string, err error) error {
+	p.metrics.UpstreamError(p.Name, kind)
+	return err
 }
 
 // Config returns the provider's configuration.
@@ -183,18 +206,20 @@ func (p *Provider) acquire(ctx context.Context) (release func(), err error) {
 			}
 		}, nil
 	case <-ctx.Done():
-		return nil, &Error{Provider: p.Name, Op: "dial", Err: fmt.Errorf("%w: %v", ErrBusy, ctx.Err())}
+		return nil, p.fail(metrics.ErrBusy, &Error{Provider: p.Name, Op: "dial", Err: fmt.Errorf("%w: %v", ErrBusy, ctx.Err())})
 	}
 }
 
-// dial opens a TCP connection, and the TLS session when implicit.
-func (p *Provider) dial(ctx context.Context, ep config.Endpoint) (net.Conn, error) {
+// dial opens a TCP connection, and the TLS session when implicit;
+// protocol (metrics.ProtocolIMAP or ProtocolSMTP) labels the metrics.
+func (p *Provider) dial(ctx context.Context, ep config.Endpoint, protocol string) (net.Conn, error) {
+	p.metrics.UpstreamDial(p.Name, protocol)
 	d := &net.Dialer{Timeout: p.connectTimeout()}
 	ctx, cancel := context.WithTimeout(ctx, p.connectTimeout())
 	defer cancel()
 	conn, err := d.DialContext(ctx, "tcp", ep.Addr())
 	if err != nil {
-		return nil, &Error{Provider: p.Name, Op: "dial", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		return nil, p.fail(metrics.ErrConnect, &Error{Provider: p.Name, Op: "dial", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 	}
 	if !ep.ImplicitTLS {
 		return conn, nil
@@ -202,7 +227,7 @@ func (p *Provider) dial(ctx context.Context, ep config.Endpoint) (net.Conn, erro
 	tc := tls.Client(conn, p.TLSConfig(ep.Host))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		return nil, &Error{Provider: p.Name, Op: "tls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+		return nil, p.fail(metrics.ErrTLS, &Error{Provider: p.Name, Op: "tls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 	}
 	return tc, nil
 }
@@ -254,7 +279,7 @@ func (p *Provider) DialIMAP(ctx context.Context, opts *imapclient.Options) (*IMA
 	if err != nil {
 		return nil, err
 	}
-	conn, err := p.dial(ctx, p.imapEP)
+	conn, err := p.dial(ctx, p.imapEP, metrics.ProtocolIMAP)
 	if err != nil {
 		release()
 		return nil, err
@@ -273,14 +298,14 @@ func (p *Provider) DialIMAP(ctx context.Context, opts *imapclient.Options) (*IMA
 		if err := c.WaitGreeting(); err != nil {
 			c.Close()
 			release()
-			return nil, &Error{Provider: p.Name, Op: "greeting", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			return nil, p.fail(metrics.ErrGreeting, &Error{Provider: p.Name, Op: "greeting", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 		}
 	} else {
 		c, err = imapclient.NewStartTLS(conn, &o)
 		if err != nil {
 			conn.Close()
 			release()
-			return nil, &Error{Provider: p.Name, Op: "starttls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			return nil, p.fail(metrics.ErrTLS, &Error{Provider: p.Name, Op: "starttls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 		}
 	}
 	// The raw conn's deadline also applies under TLS; imapclient sets its

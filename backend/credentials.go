@@ -36,6 +36,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 )
 
 // Secrets gives a provider's vault credentials for a user (nil if the
@@ -247,19 +248,43 @@ func (p *Provider) loginIMAP(ctx context.Context, opts *imapclient.Options, logi
 	if err != nil {
 		c.Close()
 		if errors.Is(err, errNoPlain) {
-			return nil, &Error{Provider: p.Name, Op: "login", Permanent: true, Err: err}
+			err = &Error{Provider: p.Name, Op: "login", Permanent: true, Err: err}
+		} else if ctxErr := ctx.Err(); ctxErr != nil {
+			err = &Error{Provider: p.Name, Op: "login", Err: fmt.Errorf("%w: %v", ErrUnavailable, ctxErr)}
+		} else {
+			err = p.loginError(err)
 		}
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, &Error{Provider: p.Name, Op: "login", Err: fmt.Errorf("%w: %v", ErrUnavailable, ctxErr)}
-		}
-		return nil, p.loginError(err)
+	}
+	p.countLogin(metrics.ProtocolIMAP, err)
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// countLogin counts a login's result: ok, refused (the credentials), or
+// error (also an upstream error of kind login).
+func (p *Provider) countLogin(protocol string, err error) {
+	switch {
+	case err == nil:
+		p.metrics.UpstreamLogin(p.Name, protocol, metrics.LoginOK)
+	case IsAuthFailure(err):
+		p.metrics.UpstreamLogin(p.Name, protocol, metrics.LoginRefused)
+	default:
+		p.metrics.UpstreamLogin(p.Name, protocol, metrics.LoginError)
+		p.metrics.UpstreamError(p.Name, metrics.ErrLogin)
+	}
 }
 
 // smtpAuth runs AUTH with mech, bounded by the login timeout and ctx. A 535
 // reply is an *Error wrapping ErrAuthFailed.
 func (p *Provider) smtpAuth(ctx context.Context, c *smtp.Client, mech sasl.Client) error {
+	err := p.smtpAuthRun(ctx, c, mech)
+	p.countLogin(metrics.ProtocolSMTP, err)
+	return err
+}
+
+func (p *Provider) smtpAuthRun(ctx context.Context, c *smtp.Client, mech sasl.Client) error {
 	saved := c.CommandTimeout
 	c.CommandTimeout = p.loginTimeout()
 	stop := context.AfterFunc(ctx, func() { c.Close() })

@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/pecgate/pecgate/internal/metrics"
 )
 
 // DialSMTP connects to the provider's submission endpoint, completes TLS
@@ -16,7 +17,7 @@ func (p *Provider) DialSMTP(ctx context.Context, helo string) (*smtp.Client, err
 	if p.smtpEP.Host == "" {
 		return nil, &Error{Provider: p.Name, Op: "smtp dial", Permanent: true, Err: fmt.Errorf("no smtp endpoint configured")}
 	}
-	conn, err := p.dial(ctx, p.smtpEP)
+	conn, err := p.dial(ctx, p.smtpEP, metrics.ProtocolSMTP)
 	if err != nil {
 		return nil, err
 	}
@@ -26,7 +27,7 @@ func (p *Provider) DialSMTP(ctx context.Context, helo string) (*smtp.Client, err
 		c = smtp.NewClient(conn)
 		if err := c.Hello(helo); err != nil {
 			c.Close()
-			return nil, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			return nil, p.fail(metrics.ErrGreeting, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 		}
 	} else {
 		// NewClientStartTLS fails when the server does not offer STARTTLS:
@@ -34,11 +35,11 @@ func (p *Provider) DialSMTP(ctx context.Context, helo string) (*smtp.Client, err
 		c, err = smtp.NewClientStartTLS(conn, p.TLSConfig(p.smtpEP.Host))
 		if err != nil {
 			conn.Close()
-			return nil, &Error{Provider: p.Name, Op: "smtp starttls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			return nil, p.fail(metrics.ErrTLS, &Error{Provider: p.Name, Op: "smtp starttls", Permanent: isCertError(err), Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 		}
 		if err := c.Hello(helo); err != nil {
 			c.Close()
-			return nil, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)}
+			return nil, p.fail(metrics.ErrGreeting, &Error{Provider: p.Name, Op: "smtp ehlo", Err: fmt.Errorf("%w: %v", ErrUnavailable, err)})
 		}
 	}
 	conn.SetDeadline(time.Time{})

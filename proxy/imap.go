@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/pecgate/pecgate/internal/metrics"
 )
 
 // IMAPCaps is what the gateway advertises, whatever the upstream: each
@@ -72,7 +73,7 @@ func NewIMAP(opts Options) *IMAPServer {
 type slogPrintf struct{ log *slog.Logger }
 
 func (l slogPrintf) Printf(format string, args ...any) {
-	l.log.Warn("imapserver", "msg", fmt.Sprintf(format, args...))
+	l.log.Warn("imapserver", "detail", fmt.Sprintf(format, args...))
 }
 
 // Serve serves STARTTLS IMAP (port 143) on ln.
@@ -98,6 +99,7 @@ func (s *IMAPServer) newSession(conn *imapserver.Conn) (imapserver.Session, *ima
 		cid:    id,
 		log:    s.opts.logger().With("cid", id, "proto", "imap", "remote", conn.NetConn().RemoteAddr().String()),
 		events: make(chan struct{}, 1),
+		mt:     s.opts.Metrics.SessionStarted(metrics.ProtocolIMAP),
 	}
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -35,6 +36,9 @@ type imapSession struct {
 	cid    uint64
 	log    *slog.Logger
 	events chan struct{} // one token: the queue grew
+
+	mt      *metrics.Session // pecgate_sessions; nil without metrics
+	connLog *slog.Logger     // log before login (cid, proto, remote); routeLog adds the route
 
 	route    *Route
 	password string // the client's, in memory only, to reconnect upstream
@@ -100,6 +104,25 @@ func (s *imapSession) enter() {
 	s.checkFlip()
 }
 
+// timed counts an IMAP command and returns what ends its timing: defer
+// s.timed("fetch")().
+func (s *imapSession) timed(command string) (done func()) {
+	return s.srv.opts.Metrics.IMAPCommand(command)
+}
+
+// routeLog is the session's logger for route: the connection's attributes
+// plus user, domain, provider and state (each once, also after a flip).
+func (s *imapSession) routeLog(route *Route) *slog.Logger {
+	return s.connLog.With("user", route.User, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
+}
+
+// upstreamBroke counts c's connection as broken mid-command.
+func (s *imapSession) upstreamBroke(c *backend.IMAPConn) {
+	if c != nil && c.Provider != nil {
+		s.srv.opts.Metrics.UpstreamError(c.Provider.Name, metrics.ErrBroken)
+	}
+}
+
 func (s *imapSession) leave() {
 	s.mu.Lock()
 	s.active--
@@ -143,25 +166,30 @@ func (s *imapSession) Close() error {
 	}
 	s.srv.sessionDone(s)
 	s.log.Info("session end")
+	s.mt.End()
 	return nil
 }
 
 // Login implements imapserver.Session (LOGIN and AUTHENTICATE PLAIN).
 func (s *imapSession) Login(username, password string) error {
+	defer s.timed("login")()
 	s.enter()
 	defer s.leave()
 	limiter, ip := s.srv.opts.Limiter, remoteIP(s.conn.NetConn())
 	if !limiter.Allowed(ip, username) {
 		s.log.Warn("login refused", "user", username, "reason", "too many failures")
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolIMAP, metrics.ReasonThrottled)
 		return errThrottled
 	}
 	route := s.srv.opts.resolve(username)
 	if route == nil {
 		limiter.Failed(ip, username)
 		s.log.Info("login refused", "user", username, "reason", "unknown domain")
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolIMAP, metrics.ReasonUnknownDomain)
 		return imapserver.ErrAuthFailed
 	}
-	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
+	s.connLog = s.log
+	log := s.routeLog(route)
 	var up *backend.IMAPConn
 	var err error
 	if route.State == config.StateOld && !s.hasMaps(username, route) {
@@ -173,9 +201,11 @@ func (s *imapSession) Login(username, password string) error {
 		if backend.IsAuthFailure(err) {
 			limiter.Failed(ip, username)
 			log.Info("login refused", "reason", "upstream refused", "err", err)
+			s.srv.opts.Metrics.AuthFailure(metrics.ProtocolIMAP, metrics.ReasonBadPassword)
 			return imapserver.ErrAuthFailed
 		}
 		log.Warn("login failed", "reason", "upstream unavailable", "err", err)
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolIMAP, metrics.ReasonUpstreamUnavailable)
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
 			Text: "The mail provider is unreachable, please retry later"}
 	}
@@ -192,6 +222,7 @@ func (s *imapSession) Login(username, password string) error {
 		}
 	}
 	s.route, s.password, s.up, s.log, s.state = route, password, up, log, route.State
+	s.mt.SetState(route.State)
 	if r := s.srv.opts.Router; r != nil {
 		s.flips, s.unsubscribe = r.Subscribe()
 	}
@@ -300,6 +331,7 @@ func (s *imapSession) check(err error) error {
 	}
 	var imapErr *imap.Error
 	if !errors.As(err, &imapErr) && s.up != nil {
+		s.upstreamBroke(s.up)
 		s.up.Close()
 	}
 	return upstreamError(err)
@@ -307,6 +339,7 @@ func (s *imapSession) check(err error) error {
 
 // Select implements imapserver.Session (SELECT and EXAMINE).
 func (s *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	defer s.timed(selectName(options))()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -328,8 +361,17 @@ func (s *imapSession) Select(mailbox string, options *imap.SelectOptions) (*imap
 	return data, nil
 }
 
+// selectName is the command name of a SELECT or EXAMINE.
+func selectName(options *imap.SelectOptions) string {
+	if options != nil && options.ReadOnly {
+		return "examine"
+	}
+	return "select"
+}
+
 // Unselect implements imapserver.Session (UNSELECT; CLOSE after Expunge).
 func (s *imapSession) Unselect() error {
+	defer s.timed("unselect")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -361,6 +403,7 @@ func (s *imapSession) simple(f func(up *backend.IMAPConn) error) error {
 
 // Create implements imapserver.Session.
 func (s *imapSession) Create(mailbox string, options *imap.CreateOptions) error {
+	defer s.timed("create")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.vCreate(mailbox, options) })
 	}
@@ -369,6 +412,7 @@ func (s *imapSession) Create(mailbox string, options *imap.CreateOptions) error 
 
 // Delete implements imapserver.Session.
 func (s *imapSession) Delete(mailbox string) error {
+	defer s.timed("delete")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.vDelete(mailbox) })
 	}
@@ -377,6 +421,7 @@ func (s *imapSession) Delete(mailbox string) error {
 
 // Rename implements imapserver.Session.
 func (s *imapSession) Rename(mailbox, newName string, options *imap.RenameOptions) error {
+	defer s.timed("rename")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.vRename(mailbox, newName, options) })
 	}
@@ -385,6 +430,7 @@ func (s *imapSession) Rename(mailbox, newName string, options *imap.RenameOption
 
 // Subscribe implements imapserver.Session.
 func (s *imapSession) Subscribe(mailbox string) error {
+	defer s.timed("subscribe")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.checkNew(s.newUp.Subscribe(s.newName(mailbox)).Wait()) })
 	}
@@ -393,6 +439,7 @@ func (s *imapSession) Subscribe(mailbox string) error {
 
 // Unsubscribe implements imapserver.Session.
 func (s *imapSession) Unsubscribe(mailbox string) error {
+	defer s.timed("unsubscribe")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.checkNew(s.newUp.Unsubscribe(s.newName(mailbox)).Wait()) })
 	}
@@ -401,6 +448,7 @@ func (s *imapSession) Unsubscribe(mailbox string) error {
 
 // List implements imapserver.Session (LIST and LSUB).
 func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	defer s.timed("list")()
 	if s.virtual() {
 		return s.vdo(func() error { return s.vList(w, ref, patterns, options) })
 	}
@@ -429,6 +477,7 @@ func (s *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 // filled (imapserver dereferences them all): an item the upstream left out
 // is an error rather than a panic.
 func (s *imapSession) Status(mailbox string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	defer s.timed("status")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -468,6 +517,7 @@ func (s *imapSession) AppendLimit() uint32 {
 
 // Append implements imapserver.Session, streaming the literal upstream.
 func (s *imapSession) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	defer s.timed("append")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -579,6 +629,7 @@ func (s *imapSession) told(delta int) {
 // BYE: imapserver waits for the client's DONE after Idle returns, so an
 // error alone would leave the client hanging.
 func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	defer s.timed("idle")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -696,6 +747,7 @@ var errFlipped = errors.New("proxy: state changed")
 
 // Expunge implements imapserver.Session (EXPUNGE, UID EXPUNGE, CLOSE).
 func (s *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	defer s.timed("expunge")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -750,6 +802,7 @@ var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: "READ-ONLY"
 // Search implements imapserver.Session. ESEARCH results are computed here
 // when the upstream has no ESEARCH.
 func (s *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	defer s.timed("search")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -823,6 +876,7 @@ func emptyNumSet(kind imapserver.NumKind) imap.NumSet {
 // Fetch implements imapserver.Session: every item is relayed as the
 // upstream sent it; body sections stream through without being held.
 func (s *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
+	defer s.timed("fetch")()
 	s.enter()
 	defer s.leave()
 	if bc := batchOf(s.conn.NetConn()); bc != nil {
@@ -954,6 +1008,7 @@ func fillExtended(bs imap.BodyStructure) {
 
 // Store implements imapserver.Session.
 func (s *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	defer s.timed("store")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -991,6 +1046,7 @@ func (s *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags
 
 // Copy implements imapserver.Session.
 func (s *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
+	defer s.timed("copy")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -1014,6 +1070,7 @@ func (s *imapSession) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, err
 // UID EXPUNGEs exactly them (imapclient's own fallback pipelines all three
 // without checking COPY).
 func (s *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
+	defer s.timed("move")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {
@@ -1105,6 +1162,7 @@ func (s *imapSession) flushExpunges(w *imapserver.MoveWriter) error {
 // Namespace implements imapserver.SessionNamespace; without NAMESPACE
 // upstream it answers one personal namespace with the upstream delimiter.
 func (s *imapSession) Namespace() (*imap.NamespaceData, error) {
+	defer s.timed("namespace")()
 	s.enter()
 	defer s.leave()
 	if s.virtual() {

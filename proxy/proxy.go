@@ -21,6 +21,7 @@ import (
 
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -52,6 +53,9 @@ type Options struct {
 	// Limiter throttles failed logins; share one between the IMAP and
 	// SMTP servers. Nil: each server makes its own with NewAuthLimiter.
 	Limiter *AuthLimiter
+	// Metrics counts sessions, IMAP commands, SMTP submissions, refused
+	// logins and copies on demand. Nil: none.
+	Metrics *metrics.Metrics
 }
 
 func (o *Options) logger() *slog.Logger {

@@ -82,6 +82,7 @@ import (
 
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 )
 
 const (
@@ -364,6 +365,8 @@ func (l *smtpListener) Accept() (net.Conn, error) {
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
 	s.mu.Unlock()
+	c.mt = s.opts.Metrics.SessionStarted(metrics.ProtocolSMTP)
+	s.log.Info("session start", "cid", c.id, "listener", c.listener, "remote", nc.RemoteAddr().String())
 	return c, nil
 }
 
@@ -375,6 +378,8 @@ type smtpConn struct {
 	listener string
 	session  atomic.Pointer[smtpSession]
 	once     gosync.Once
+
+	mt *metrics.Session // pecgate_sessions; nil without metrics
 }
 
 // Close is called by go-smtp (directly or through tls.Conn) when the
@@ -385,6 +390,14 @@ func (c *smtpConn) Close() error {
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
+		log := c.srv.log.With("cid", c.id, "listener", c.listener)
+		if sess := c.session.Load(); sess != nil {
+			sess.mu.Lock()
+			log = sess.log // carries user, domain and provider once logged in
+			sess.mu.Unlock()
+		}
+		log.Info("session end")
+		c.mt.End()
 		c.srv.connWG.Done()
 	})
 	return err
@@ -423,6 +436,7 @@ func (s *SMTPServer) newSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	if raw != nil {
 		raw.session.Store(sess)
+		sess.mt = raw.mt
 	}
 	sess.log.Debug("smtp session started", "helo", c.Hostname())
 	return sess, nil
@@ -439,6 +453,7 @@ type smtpSession struct {
 	ctx    context.Context // cancelled by Logout: aborts an upstream dial
 	cancel context.CancelFunc
 	log    *slog.Logger
+	mt     *metrics.Session // the connection's; nil without metrics
 
 	ioMu gosync.Mutex
 
@@ -477,6 +492,7 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 				// Passthrough cannot carry an authorization identity
 				// (RFC 4616 section 2): no acting as somebody else.
 				s.log.Warn("smtp auth refused", "reason", "authorization identity differs", "user", username, "authzid", identity)
+				s.srv.opts.Metrics.AuthFailure(metrics.ProtocolSMTP, metrics.ReasonBadIdentity)
 				s.srv.opts.Limiter.Failed(s.remoteIP(), username)
 				return errSMTPAuthFailed
 			}
@@ -495,6 +511,7 @@ func (s *smtpSession) login(username, password string) error {
 	limiter, ip := s.srv.opts.Limiter, s.remoteIP()
 	if !limiter.Allowed(ip, username) {
 		s.log.Warn("smtp auth refused", "reason", "too many failures", "user", username)
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolSMTP, metrics.ReasonThrottled)
 		return errSMTPThrottled
 	}
 	route := s.srv.opts.resolve(username)
@@ -502,9 +519,10 @@ func (s *smtpSession) login(username, password string) error {
 		// Invariant 7: an unknown domain dials nothing.
 		limiter.Failed(ip, username)
 		s.log.Warn("smtp auth refused", "reason", "domain not served", "user", username)
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolSMTP, metrics.ReasonUnknownDomain)
 		return errSMTPAuthFailed
 	}
-	log := s.log.With("user", username, "provider", route.Provider.Name, "state", route.State)
+	log := s.log.With("user", username, "domain", route.Domain.Name, "provider", route.Provider.Name, "state", route.State)
 	// The message goes to the submission endpoint of the provider the
 	// state names (old -> old, otherwise new), with that provider's
 	// credentials; when it does not see the client's own password, the
@@ -522,9 +540,11 @@ func (s *smtpSession) login(username, password string) error {
 			// err carries the provider's text; the client gets ours.
 			limiter.Failed(ip, username)
 			log.Warn("smtp auth refused", "reason", "provider refused", "err", err)
+			s.srv.opts.Metrics.AuthFailure(metrics.ProtocolSMTP, metrics.ReasonBadPassword)
 			return errSMTPAuthFailed
 		}
 		log.Warn("smtp auth failed", "reason", "provider unavailable", "err", err)
+		s.srv.opts.Metrics.AuthFailure(metrics.ProtocolSMTP, metrics.ReasonUpstreamUnavailable)
 		return errSMTPAuthTemporary
 	}
 	limiter.Succeeded(username)
@@ -548,6 +568,7 @@ func (s *smtpSession) login(username, password string) error {
 	s.up = up
 	s.log = log
 	s.mu.Unlock()
+	s.mt.SetState(route.State)
 	log.Info("smtp login", "max_message_size", limit)
 	return nil
 }
@@ -621,6 +642,12 @@ func (s *smtpSession) upstreamError(up *smtp.Client, op string, err error) error
 		return se
 	}
 	s.log.Warn("smtp upstream failed", "op", op, "err", err)
+	s.mu.Lock()
+	route := s.route
+	s.mu.Unlock()
+	if route != nil {
+		s.srv.opts.Metrics.UpstreamError(route.Provider.Name, metrics.ErrBroken)
+	}
 	s.drop(up)
 	return errSMTPUpstream
 }
@@ -710,8 +737,29 @@ func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 // Data implements smtp.Session: it streams the message to the provider and
 // returns the provider's final reply. If reading from the client fails
 // (disconnect, timeout, size limit) the upstream connection is closed
-// without the final dot, so the provider delivers nothing.
+// without the final dot, so the provider delivers nothing. Each message
+// is counted by its outcome in pecgate_smtp_submissions_total.
 func (s *smtpSession) Data(r io.Reader) error {
+	err := s.data(r)
+	var result string
+	se, _ := err.(*smtp.SMTPError)
+	switch {
+	case se == errSMTPAuthRequired:
+		return err // not a submission
+	case se != nil && se.Code == 250:
+		result = metrics.SubmissionDelivered
+	case se == errSMTPDataAborted:
+		result = metrics.SubmissionAborted
+	case se == errSMTPUpstream || se == nil:
+		result = metrics.SubmissionFailed
+	default:
+		result = metrics.SubmissionRejected
+	}
+	s.srv.opts.Metrics.SMTPSubmission(result)
+	return err
+}
+
+func (s *smtpSession) data(r io.Reader) error {
 	s.ioMu.Lock()
 	defer s.ioMu.Unlock()
 	s.mu.Lock()

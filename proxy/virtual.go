@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -593,6 +594,8 @@ func (v *vmail) ensureCopied(ctx context.Context, vs []store.UID) (map[store.UID
 		u := oldU[o]
 		n, err := v.s.srv.opts.Copier.CopyToNew(ctx, v.old.c, v.new.c, v.entry, v.s.srv.opts.Maps, v.new.mailbox, u, o)
 		if err != nil {
+			v.s.log.Warn("copy to the new provider failed", "mailbox", v.mailbox, "v", u, "err", err)
+			v.s.srv.opts.Metrics.BackfillError(v.s.route.Domain.Name, metrics.KindOnDemand)
 			return nil, fmt.Errorf("copy of message %d to the new provider: %w", u, err)
 		}
 		out[u] = n

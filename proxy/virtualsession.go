@@ -137,6 +137,7 @@ func (s *imapSession) vcheck(c *backend.IMAPConn, err error) error {
 		return imapErr
 	}
 	if c != nil {
+		s.upstreamBroke(c)
 		c.Close()
 	}
 	return errUpstreamGone
@@ -207,7 +208,8 @@ func (s *imapSession) applyFlip() {
 		s.oldUp, s.up, s.newUp = oldConn, nil, up
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
-		s.log = s.log.With("provider", route.Provider.Name, "state", to)
+		s.mt.SetState(to)
+		s.log = s.routeLog(route)
 		s.mapRoles(ctx)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
@@ -237,6 +239,8 @@ func (s *imapSession) applyFlip() {
 			s.queueUpdate(update{kind: updResync})
 		}
 		s.route, s.state = route, to
+		s.mt.SetState(to)
+		s.log = s.routeLog(route)
 		log.Info("flip applied to live session")
 	default:
 		s.route = route

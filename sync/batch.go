@@ -43,6 +43,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -335,6 +336,7 @@ fetched:
 	for _, it := range items {
 		switch it.state {
 		case bsRecorded:
+			p.e.metrics.BackfillCopied(p.route.Domain.Name, metrics.SourceBackfill, it.o.Size)
 			p.done(it.o)
 		case bsUnknown:
 			unknown = true

@@ -20,11 +20,20 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/pecgate/pecgate/backend"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
-// Copier copies single messages; it is safe for concurrent use.
-type Copier struct{}
+// Copier copies single messages; it is safe for concurrent use. The zero
+// value counts nothing.
+type Copier struct {
+	// Metrics counts each message copied, by the domain of the map's user;
+	// nil: none.
+	Metrics *metrics.Metrics
+	// Source labels the copies in Metrics: "" is metrics.SourceOnDemand
+	// (a session's copy); the engine's copier says metrics.SourceBackfill.
+	Source string
+}
 
 // errNoUIDPlus: the new provider gave no APPENDUID; finding the copy by
 // content is for the background engine.
@@ -36,7 +45,7 @@ var errNoUIDPlus = errors.New("sync: the new provider did not return APPENDUID (
 //
 // If the map already says v is in new (another session copied it
 // meanwhile), nothing is copied and that UID is returned.
-func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, newMailbox string, v, oldUID store.UID) (store.UID, error) {
+func (c Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry *store.MapEntry, maps *store.MapCache, newMailbox string, v, oldUID store.UID) (store.UID, error) {
 	// One copier per (user, mailbox) at a time: two sessions writing to
 	// the same uncopied message must not both append it.
 	entry.Lock()
@@ -129,6 +138,11 @@ func (Copier) CopyToNew(ctx context.Context, oldC, newC *backend.IMAPConn, entry
 		entry.M = prev
 		return 0, fmt.Errorf("record copy of %d: %w", v, err)
 	}
+	source := c.Source
+	if source == "" {
+		source = metrics.SourceOnDemand
+	}
+	c.Metrics.BackfillCopied(domainOf(entry.User), source, lit.Size())
 	return store.UID(data.UID), nil
 }
 
@@ -219,4 +233,12 @@ func sameBytes(oldC, newC *backend.IMAPConn, o, n store.UID) (bool, error) {
 		return false, err
 	}
 	return h1 == h2, nil
+}
+
+// domainOf is the lower-cased domain of an address, the metrics' label.
+func domainOf(user string) string {
+	if i := strings.LastIndexByte(user, '@'); i >= 0 {
+		return strings.ToLower(user[i+1:])
+	}
+	return ""
 }

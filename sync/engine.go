@@ -66,6 +66,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -143,6 +144,9 @@ type Options struct {
 	Secrets backend.Secrets
 	// Log receives the engine's log lines; nil discards them.
 	Log *slog.Logger
+	// Metrics counts the messages and bytes copied and the problems, by
+	// domain; nil: none.
+	Metrics *metrics.Metrics
 }
 
 // Engine copies every user in state migrating from old to new in the
@@ -155,6 +159,7 @@ type Engine struct {
 	backends *backend.Set
 	secrets  backend.Secrets
 	log      *slog.Logger
+	metrics  *metrics.Metrics
 	copier   Copier
 	clock    clock
 
@@ -226,6 +231,7 @@ func NewEngine(o Options) *Engine {
 	return &Engine{
 		cfg: o.Config, st: st, maps: maps, router: o.Router, backends: o.Backends, secrets: o.Secrets,
 		log: log.With("component", "backfill"), clock: realClock{},
+		metrics: o.Metrics, copier: Copier{Metrics: o.Metrics, Source: metrics.SourceBackfill},
 		wake:  make(chan struct{}, 1),
 		users: map[string]*userSched{}, known: map[string]bool{},
 		slots: map[string]chan struct{}{}, limits: map[string]*limiter{},
@@ -468,7 +474,7 @@ func (e *Engine) schedule(ctx context.Context, wg *gosync.WaitGroup) {
 
 // runScheduled runs one pass for the scheduler and sets the user's next turn.
 func (e *Engine) runScheduled(ctx context.Context, route *store.Route, s *userSched) {
-	log := e.log.With("user", route.User)
+	log := e.log.With("user", route.User, "domain", route.Domain.Name)
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error("back-fill pass panicked", "panic", r)
@@ -704,7 +710,7 @@ type pass struct {
 // stores its progress.
 func (e *Engine) pass(ctx context.Context, route *store.Route, s *userSched) (*store.Progress, error) {
 	u := store.CanonicalUser(route.User)
-	p := &pass{e: e, ctx: ctx, route: route, user: route.User, sched: s, log: e.log.With("user", u)}
+	p := &pass{e: e, ctx: ctx, route: route, user: route.User, sched: s, log: e.log.With("user", u, "domain", route.Domain.Name, "provider", route.New, "old_provider", route.Old)}
 	// Until this pass has counted, the progress keeps the last counts.
 	err := e.st.View(ctx, func(tx store.Tx) error {
 		prev, err := store.GetProgress(tx, u)
@@ -784,7 +790,8 @@ func (p *pass) addError(kind, mailbox string, v store.UID, msg string) {
 	case n == maxErrors-1:
 		p.prog.Errors = append(p.prog.Errors, store.ProgressError{Kind: KindTruncated, Message: "further problems are not listed", At: pe.At})
 	}
-	p.log.Warn("back-fill problem", "kind", kind, "mailbox", mailbox, "v", v, "msg", msg)
+	p.e.metrics.BackfillError(p.route.Domain.Name, kind)
+	p.log.Warn("back-fill problem", "kind", kind, "mailbox", mailbox, "v", v, "detail", msg)
 }
 
 // closed reports whether c's connection is gone.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	gosync "sync"
@@ -17,10 +18,14 @@ import (
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/proxy"
 	"github.com/pecgate/pecgate/store"
 	"github.com/pecgate/pecgate/store/bolt"
 	"github.com/pecgate/pecgate/sync"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -121,6 +126,8 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	if err != nil {
 		return nil, err
 	}
+	reg, mets := newMetrics()
+	backends.SetMetrics(mets)
 	st, err := bolt.Open(cfg.Store.Path)
 	if err != nil {
 		return nil, fmt.Errorf("store.path: %w", err)
@@ -140,13 +147,14 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		secrets = vaultSecrets{v: v, st: st}
 	}
 	maps := store.NewMapCache(st, 0)
-	engine := sync.NewEngine(sync.Options{Config: cfg, Store: st, Maps: maps, Router: router, Backends: backends, Secrets: secrets, Log: log})
+	engine := sync.NewEngine(sync.Options{Config: cfg, Store: st, Maps: maps, Router: router, Backends: backends, Secrets: secrets, Log: log, Metrics: mets})
 	// migrating -> new is refused while the engine counts messages left.
 	router.Uncopied = engine.Uncopied
 	// One limiter: a password guessed over SMTP counts against IMAP too.
 	opts := proxy.Options{
 		Config: cfg, Backends: backends, TLS: cm.TLSConfig(), Log: log, Limiter: proxy.NewAuthLimiter(),
-		Router: router, Maps: maps, Copier: sync.Copier{}, Secrets: secrets, Backfill: engine,
+		Router: router, Maps: maps, Copier: sync.Copier{Metrics: mets}, Secrets: secrets, Backfill: engine,
+		Metrics: mets,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	gw := &gateway{
@@ -201,7 +209,7 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		}
 	}()
 	adminAddr, stopAdmin, err := startAdminFor(ctx, cfg, adminDeps{Router: router, Store: st, Backends: backends,
-		Preflight: gatewayPreflight(cfg, backends, st, secrets, log)}, log)
+		Metrics: metricsHandler(reg, log), Preflight: gatewayPreflight(cfg, backends, st, secrets, log)}, log)
 	if err != nil {
 		gw.shutdown(time.Second)
 		return nil, fmt.Errorf("server.admin: %w", err)
@@ -211,6 +219,23 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	}
 	gw.stopAdmin = stopAdmin
 	return gw, nil
+}
+
+// newMetrics returns a registry of its own for one gateway, holding the Go
+// runtime and process collectors and pecgate's metrics.
+func newMetrics() (*prometheus.Registry, *metrics.Metrics) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, metrics.New(reg)
+}
+
+// metricsHandler serves reg in the Prometheus text format (GET /metrics);
+// a collector's error is logged and the rest still served.
+func metricsHandler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	})
 }
 
 // vaultSecrets reads vault credentials from the store.
