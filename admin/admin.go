@@ -397,15 +397,24 @@ func changeDoc(c *store.Change) ChangeResult {
 
 // logChange logs a change, a forced change (warning) or a refusal.
 func (s *server) logChange(r *http.Request, kind, name, state string, c *store.Change, err error) {
+	// who names the flipped domain or user with the keys every other log
+	// line uses (domain, user), so one filter finds a member's whole story.
+	who := func(kind, name string) []any {
+		if kind == "user" {
+			_, domain, _ := strings.Cut(strings.ToLower(name), "@")
+			return []any{"kind", kind, "user", strings.ToLower(name), "domain", domain}
+		}
+		return []any{"kind", kind, "domain", strings.ToLower(name)}
+	}
 	var re *store.RefusedError
 	switch {
 	case errors.As(err, &re):
-		s.Log.Warn("route change refused", "kind", kind, "name", name, "state", state, "reason", re.Reason, "uncopied", re.Uncopied, "remote", r.RemoteAddr)
+		s.Log.Warn("route change refused", append(who(kind, name), "state", state, "reason", re.Reason, "uncopied", re.Uncopied, "remote", r.RemoteAddr)...)
 	case err != nil:
 		// Bad input is the caller's problem; a store failure is logged by writeError.
 	case c.Forced:
-		s.Log.Warn("route changed by force", "kind", c.Kind, "name", c.Name, "from", c.From, "to", c.To, "cleared", c.Cleared, "uncopied", c.Uncopied, "remote", r.RemoteAddr)
+		s.Log.Warn("route changed by force", append(who(c.Kind, c.Name), "from", c.From, "to", c.To, "cleared", c.Cleared, "uncopied", c.Uncopied, "remote", r.RemoteAddr)...)
 	default:
-		s.Log.Info("route changed", "kind", c.Kind, "name", c.Name, "from", c.From, "to", c.To, "cleared", c.Cleared, "remote", r.RemoteAddr)
+		s.Log.Info("route changed", append(who(c.Kind, c.Name), "from", c.From, "to", c.To, "cleared", c.Cleared, "remote", r.RemoteAddr)...)
 	}
 }

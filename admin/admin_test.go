@@ -360,10 +360,10 @@ func TestChanges(t *testing.T) {
 
 	logs := f.log.String()
 	for _, want := range []string{
-		`msg="route changed" kind=domain name=pec.ordine.example from=old to=migrating`,
-		`msg="route change refused" kind=domain name=pec.ordine.example state=new reason="pec.ordine.example: 12 messages are not yet in new" uncopied=12`,
-		`msg="route changed by force" kind=domain name=pec.ordine.example from=migrating to=new cleared=false uncopied=12`,
-		`msg="route changed" kind=user name=luigi@pec.ordine.example from=new to=new cleared=true`,
+		`msg="route changed" kind=domain domain=pec.ordine.example from=old to=migrating`,
+		`msg="route change refused" kind=domain domain=pec.ordine.example state=new reason="pec.ordine.example: 12 messages are not yet in new" uncopied=12`,
+		`msg="route changed by force" kind=domain domain=pec.ordine.example from=migrating to=new cleared=false uncopied=12`,
+		`msg="route changed" kind=user user=luigi@pec.ordine.example domain=pec.ordine.example from=new to=new cleared=true`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s:\n%s", want, logs)

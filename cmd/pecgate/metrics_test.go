@@ -450,7 +450,7 @@ func checkJSONLog(t *testing.T, log []byte) {
 	find("the member's IMAP session end, after the flip", with(user, "msg", "session end", "proto", "imap", "provider", "new", "state", "new"), "cid")
 	find("an SMTP session start", map[string]string{"msg": "session start", "proto": "smtp"}, "cid", "remote")
 	find("the member's SMTP session end", with(user, "msg", "session end", "proto", "smtp"), "cid", "provider")
-	find("the flip by the admin API", map[string]string{"msg": "route changed by force", "kind": "user", "name": e2eUser, "to": "new"})
+	find("the flip by the admin API", map[string]string{"msg": "route changed by force", "kind": "user", "user": e2eUser, "domain": "example.org", "to": "new"})
 	find("the flip in the live session", with(user, "msg", "flip applied to live session", "from", "migrating", "to", "new"), "cid", "provider")
 	find("the copy problem", with(user, "msg", "back-fill problem", "kind", "oversize", "provider", "new"), "old_provider", "mailbox")
 }
