@@ -36,9 +36,10 @@ type Fixture struct {
 const FixturesEnv = "PECGATE_FIXTURES"
 
 // LoadFixtures reads the PEC fixtures and their manifest.tsv, checking every
-// file's size and SHA-256. The directory is $PECGATE_FIXTURES or
+// file's size and SHA-256. The directory is $PECGATE_FIXTURES, else
 // ../shared/fixtures/pec relative to the repository root (the directory
-// holding go.mod, found walking up from the working directory). If it is
+// holding go.mod, found walking up from the working directory), else the
+// repository's copy in internal/demo/fixtures/pec. If it is
 // missing the test fails when CI is "true" and skips otherwise; a file that
 // does not match the manifest always fails the test.
 func LoadFixtures(t testing.TB) []Fixture {
@@ -68,10 +69,17 @@ func fixturesDir() (string, error) {
 	for d := wd; ; d = filepath.Dir(d) {
 		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
 			fd := filepath.Join(filepath.Dir(d), "shared", "fixtures", "pec")
-			if _, err := os.Stat(filepath.Join(fd, "manifest.tsv")); err != nil {
-				return "", fmt.Errorf("no manifest.tsv in %s (set %s to the fixtures directory)", fd, FixturesEnv)
+			if _, err := os.Stat(filepath.Join(fd, "manifest.tsv")); err == nil {
+				return fd, nil
 			}
-			return fd, nil
+			// The repository's own copy (embedded by internal/demo, kept
+			// equal to the shared one by TestEmbeddedFixturesMatchShared),
+			// for a checkout without ../shared, e.g. a git worktree.
+			own := filepath.Join(d, "internal", "demo", "fixtures", "pec")
+			if _, err := os.Stat(filepath.Join(own, "manifest.tsv")); err == nil {
+				return own, nil
+			}
+			return "", fmt.Errorf("no manifest.tsv in %s nor %s (set %s to the fixtures directory)", fd, own, FixturesEnv)
 		}
 		if filepath.Dir(d) == d {
 			return "", fmt.Errorf("no go.mod above %s", wd)
