@@ -72,6 +72,13 @@ type Options struct {
 	// Metrics serves GET /metrics (promhttp on the gateway's registry).
 	// nil answers 501.
 	Metrics http.Handler
+	// MemberAuth checks a member's address and password on the member
+	// page (/me, member.go) as an IMAP login would. nil: no member page
+	// (/me answers 404).
+	MemberAuth MemberAuth
+	// Credentials lets a member whose new provider uses vault credentials
+	// set them on the member page. nil: no such form.
+	Credentials CredentialSetter
 }
 
 // maxBody bounds a PUT body.
