@@ -36,6 +36,10 @@ type adminDeps struct {
 	Backends *backend.Set
 	// Metrics serves GET /metrics; nil answers 501.
 	Metrics http.Handler
+	// MemberAuth and Credentials serve the member page (/me); nil
+	// MemberAuth: no member page on the admin listener.
+	MemberAuth  admin.MemberAuth
+	Credentials admin.CredentialSetter
 }
 
 // startAdminFor serves the admin API on [server] admin until stop is
@@ -55,7 +59,8 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 	if err != nil {
 		return "", nil, err
 	}
-	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics}
+	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics,
+		MemberAuth: deps.MemberAuth, Credentials: deps.Credentials}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}
