@@ -332,6 +332,7 @@ type folderView struct {
 	Name   string
 	Role   *text
 	Copied int64
+	Mapped bool // the folder has a UID map: Copied is known
 }
 
 type problemView struct {
@@ -727,7 +728,9 @@ var roles = map[string]text{
 }
 
 // folderViews lists the member's folders, INBOX first: those of the
-// folder map and those with a UID map, with the messages copied to new.
+// folder map and those with a UID map, with the messages copied to new
+// (known for those with a UID map). The store keeps no per-folder total:
+// the engine counts only the member's whole mailbox.
 func folderViews(fm *store.FolderMap, maps map[string]*store.Map) []folderView {
 	seen := map[string]*folderView{}
 	var names []string
@@ -750,7 +753,8 @@ func folderViews(fm *store.FolderMap, maps map[string]*store.Map) []folderView {
 		}
 	}
 	for name, mp := range maps {
-		add(name).Copied = copiedIn(mp)
+		f := add(name)
+		f.Copied, f.Mapped = copiedIn(mp), true
 	}
 	slices.SortFunc(names, func(a, b string) int {
 		switch {

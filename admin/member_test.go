@@ -296,6 +296,7 @@ func TestMemberLoginShowsOwnProgress(t *testing.T) {
 		"nulla viene cancellato dal vecchio gestore", // the old mailbox is only read
 		"Archivio/È 2024", "posta inviata", "sent mail",
 		"<td class=\"num\">39</td>", // 40 copied to INBOX, one expunged since
+		"<td class=\"num\">—</td>",  // Sent: not started
 		"più grande di quanto il nuovo gestore accetti", "larger than the new provider accepts",
 		`action="/me/credential"`, `action="/me/logout"`)
 	mustNotContain(t, "anna's page", body, marcoMarks...)
