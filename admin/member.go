@@ -34,6 +34,9 @@ package admin
 //     same key, compared in constant time.
 //   - The address shown and read is the session's, never one from the
 //     URL or a form: no request can name another member.
+//   - Passwords travel only over TLS, or over loopback (the admin
+//     listener is plain HTTP): a clear-text request from another machine
+//     gets a page that says to use https, and no form.
 //   - Every answer is HTML that works without JavaScript; every text is
 //     there in Italian and in English. Errors say what to do, never which
 //     of address or password was wrong.
@@ -413,7 +416,26 @@ var (
 		"An internal error occurred. Please try again later; if it happens again, tell your Order's IT support."}}
 )
 
+// insecure reports whether r came in clear text from another machine:
+// then no password may be typed into the page (the admin listener is
+// plain HTTP; a TLS-terminating proxy on the same machine is fine).
+func insecure(r *http.Request) bool {
+	if r.TLS != nil {
+		return false
+	}
+	ip := net.ParseIP(clientIP(r))
+	return ip == nil || !ip.IsLoopback()
+}
+
+var msgInsecure = &flash{text: text{
+	"Questa pagina va aperta solo con un collegamento protetto (https). Usi l'indirizzo che le ha dato l'assistenza del suo Ordine.",
+	"This page must be opened over a secure connection (https) only. Use the address your Order's IT support gave you."}}
+
 func (m *memberPage) getMe(w http.ResponseWriter, r *http.Request) {
+	if insecure(r) {
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		return
+	}
 	ses := m.session(r)
 	if ses == nil || ses.user == "" {
 		m.loginForm(w, r, http.StatusOK, ses, "", nil)
@@ -429,6 +451,10 @@ func readForm(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
+	if insecure(r) {
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		return
+	}
 	ses := m.session(r)
 	if !readForm(w, r) || ses == nil || !m.checkCSRF(r, ses) {
 		m.stale(w, r, ses)
@@ -474,6 +500,10 @@ func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
+	if insecure(r) {
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		return
+	}
 	ses := m.session(r)
 	if !readForm(w, r) || ses == nil || !m.checkCSRF(r, ses) {
 		m.stale(w, r, ses)
@@ -488,6 +518,10 @@ func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
+	if insecure(r) {
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		return
+	}
 	ses := m.session(r)
 	if !readForm(w, r) || ses == nil || ses.user == "" || !m.checkCSRF(r, ses) {
 		m.stale(w, r, ses)

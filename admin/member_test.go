@@ -644,3 +644,28 @@ func TestETAText(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberInsecure: over plain HTTP from another machine the page shows
+// no form and takes no password.
+func TestMemberInsecure(t *testing.T) {
+	f := newMemberFixture(t, false)
+	mux := http.NewServeMux()
+	f.page.routes(mux)
+	for _, tc := range []struct{ method, path string }{
+		{"GET", "/me"}, {"POST", "/me/login"}, {"POST", "/me/credential"}, {"POST", "/me/logout"},
+	} {
+		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader("address="+url.QueryEscape(anna)+"&password=anna-pw"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = "192.0.2.7:40000"
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		body := rec.Body.String()
+		if rec.Code != http.StatusForbidden || strings.Contains(body, "<form") {
+			t.Errorf("%s %s from another machine in clear: %d, form shown %v", tc.method, tc.path, rec.Code, strings.Contains(body, "<form"))
+		}
+		mustContain(t, tc.path, body, "https")
+	}
+	if n := f.auth.callCount(); n != 0 {
+		t.Errorf("CheckLogin called %d times for clear-text requests", n)
+	}
+}
