@@ -45,10 +45,10 @@ const loginCheckTimeout = 45 * time.Second
 // (Options.Backfill) the password and that the member is active.
 //
 // It differs from a session in two ways, both to the member's benefit:
-// in state migrating with an old provider that does not see the client's
-// password (master or vault), the password is checked against the pinned
-// verifier first, as in state new (a session logs in to old on the
-// provider's credentials alone); and when the password is right but the
+// with an old provider that does not see the client's password (master or
+// vault) in state migrating, or old after a rollback, the password is
+// checked against the pinned verifier first, as in state new (a session
+// logs in to old on the provider's credentials alone); and when the password is right but the
 // new provider's vault credentials are missing or refused, Check answers
 // ErrNewCredential rather than a refusal, and counts no failure.
 //
@@ -139,7 +139,13 @@ func (c *LoginChecker) login(ctx context.Context, route *Route, user, password s
 		var err error
 		if c.hasMaps(ctx, user, route) {
 			// After a rollback a session logs in to old as the old
-			// provider's credential strategy says.
+			// provider's credential strategy says; one that does not
+			// see the client's password checks it first.
+			if route.Old.Config().Auth != config.AuthPassthrough {
+				if err := c.auth.check(ctx, route, user, password); err != nil {
+					return err
+				}
+			}
 			up, err = route.Old.LoginUser(ctx, user, password, secrets, nil)
 		} else {
 			up, err = route.Provider.LoginIMAP(ctx, user, password, nil)

@@ -87,6 +87,12 @@ func (b *fakeBackfill) got(user string) (string, bool) {
 // down.example, has a provider nobody listens on.
 func newCheckSetup(t *testing.T, newAuth, state string, users ...string) *checkSetup {
 	t.Helper()
+	return newCheckSetupEdit(t, newAuth, state, nil, users...)
+}
+
+// newCheckSetupEdit is newCheckSetup with edit applied to the config.
+func newCheckSetupEdit(t *testing.T, newAuth, state string, edit func(cfg *config.Config, old, nw *dovetest.Server, dir string), users ...string) *checkSetup {
+	t.Helper()
 	dovetest.Require(t)
 	old, nw := dovetest.StartPair(t, users...)
 	dir := t.TempDir()
@@ -110,6 +116,9 @@ func newCheckSetup(t *testing.T, newAuth, state string, users ...string) *checkS
 			domain:         {Old: "old", New: "new", State: state},
 			"down.example": {Old: "down", State: config.StateOld},
 		},
+	}
+	if edit != nil {
+		edit(cfg, old, nw, dir)
 	}
 	for name, p := range cfg.Providers {
 		p.Name = name
@@ -264,4 +273,32 @@ func TestLoginCheckerVault(t *testing.T) {
 	if err := s.imapLogin(t, user, pw); err != nil {
 		t.Fatalf("IMAP LOGIN with the vault filled: %v", err)
 	}
+}
+
+// TestLoginCheckerMasterOld: an old provider reached with a master user
+// never sees the member's password, so the checker refuses a member
+// without a pinned verifier, and checks the password against it once
+// pinned.
+func TestLoginCheckerMasterOld(t *testing.T) {
+	const user = "anna.rossi@ordine.example"
+	s := newCheckSetupEdit(t, config.AuthMaster, config.StateMigrating, func(cfg *config.Config, old, nw *dovetest.Server, dir string) {
+		f := filepath.Join(dir, "old.master")
+		if err := os.WriteFile(f, []byte(old.MasterPassword+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := cfg.Providers["old"]
+		p.Auth, p.MasterUser, p.MasterPasswordFile, p.MasterStyle = config.AuthMaster, old.MasterUser, f, config.MasterStyleSASL
+	}, user)
+	pw := s.old.Password(user)
+	wantKind(t, "no verifier, any password", s.check(user, "anything"), ErrLoginRefused)
+	wantKind(t, "no verifier, the right password", s.check(user, pw), ErrLoginRefused)
+	phc, err := store.HashPassword(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.st.Update(context.Background(), func(tx store.Tx) error { return store.PutVerifier(tx, user, phc) }); err != nil {
+		t.Fatal(err)
+	}
+	wantKind(t, "pinned, a wrong password", s.check(user, "anything"), ErrLoginRefused)
+	wantKind(t, "pinned, the right password", s.check(user, pw), nil)
 }
