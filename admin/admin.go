@@ -77,6 +77,13 @@ type Options struct {
 	// Preflight runs POST /api/v1/domains/{domain}/preflight (preflight.go).
 	// nil answers 501.
 	Preflight PreflightFunc
+	// MemberAuth checks a member's address and password on the member
+	// page (/me, member.go) as an IMAP login would. nil: no member page
+	// (/me answers 404).
+	MemberAuth MemberAuth
+	// Credentials lets a member whose new provider uses vault credentials
+	// set them on the member page. nil: no such form.
+	Credentials CredentialSetter
 }
 
 // maxBody bounds a PUT body.

@@ -54,6 +54,12 @@ type Server struct {
 	// It must be a loopback address (localhost, 127.0.0.0/8, ::1) unless
 	// Admin.AllowNonLoopback is set.
 	Admin *string `toml:"admin"`
+	// Member is the listen address of the member self-service page (/me)
+	// on a listener of its own, served over TLS with the client listeners'
+	// certificates (tls.cert/key or self_signed), with nothing but /me on
+	// it: no admin API, no status page. Default "": no listener of its
+	// own, and /me is served on the admin listener only.
+	Member string `toml:"member"`
 	// ShutdownGrace is how long `serve` waits on SIGTERM for sessions to end
 	// after telling them BYE. Default 10s; zero means the default; negative
 	// is an error.

@@ -205,6 +205,7 @@ func (p *parser) validateServer(c *Config) {
 		{"smtps", *s.SMTPS},
 		{"submission", *s.Submission},
 		{"admin", *s.Admin},
+		{"member", s.Member},
 	} {
 		if l.addr == "" {
 			continue
@@ -269,6 +270,8 @@ func (p *parser) validateTLS(c *Config) {
 	clients := *s.IMAPS != "" || *s.IMAP != "" || *s.SMTPS != "" || *s.Submission != ""
 	if clients && t.Cert == "" && t.Key == "" && !t.SelfSigned {
 		p.errorf(key("tls"), "cert and key are required while a client listener is enabled (or self_signed = true, for development only)")
+	} else if s.Member != "" && t.Cert == "" && t.Key == "" && !t.SelfSigned {
+		p.errorf(key("tls"), "cert and key are required while the member page listener (server.member) is enabled (or self_signed = true, for development only)")
 	}
 	for i, pair := range t.Certs {
 		if pair.Cert == "" || pair.Key == "" {

@@ -39,6 +39,10 @@ type adminDeps struct {
 	// Preflight runs preflight checks for `pecgate preflight` (preflight.go
 	// gatewayPreflight); nil answers 501.
 	Preflight admin.PreflightFunc
+	// MemberAuth and Credentials serve the member page (/me); nil
+	// MemberAuth: no member page on the admin listener.
+	MemberAuth  admin.MemberAuth
+	Credentials admin.CredentialSetter
 }
 
 // startAdminFor serves the admin API on [server] admin until stop is
@@ -58,7 +62,8 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 	if err != nil {
 		return "", nil, err
 	}
-	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics, Preflight: deps.Preflight}
+	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics, Preflight: deps.Preflight,
+		MemberAuth: deps.MemberAuth, Credentials: deps.Credentials}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}

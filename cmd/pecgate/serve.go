@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pecgate/pecgate/admin"
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/certs"
 	"github.com/pecgate/pecgate/config"
@@ -138,13 +139,14 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		return nil, err
 	}
 	var secrets backend.Secrets
+	var vault *store.Vault
 	if cfg.Vault.KeyFile != "" {
 		v, err := store.OpenVault(cfg.Vault.KeyFile)
 		if err != nil {
 			st.Close()
 			return nil, fmt.Errorf("vault.key_file: %w", err)
 		}
-		secrets = vaultSecrets{v: v, st: st}
+		vault, secrets = v, vaultSecrets{v: v, st: st}
 	}
 	maps := store.NewMapCache(st, 0)
 	engine := sync.NewEngine(sync.Options{Config: cfg, Store: st, Maps: maps, Router: router, Backends: backends, Secrets: secrets, Log: log, Metrics: mets})
@@ -208,8 +210,11 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 			log.Error("back-fill engine stopped", "err", err)
 		}
 	}()
+	// The member page checks logins with the IMAP servers' limiter (opts).
+	memberAuth, creds := memberDeps(opts, router, st, vault)
 	adminAddr, stopAdmin, err := startAdminFor(ctx, cfg, adminDeps{Router: router, Store: st, Backends: backends,
-		Metrics: metricsHandler(reg, log), Preflight: gatewayPreflight(cfg, backends, st, secrets, log)}, log)
+		Metrics: metricsHandler(reg, log), Preflight: gatewayPreflight(cfg, backends, st, secrets, log),
+		MemberAuth: memberAuth, Credentials: creds}, log)
 	if err != nil {
 		gw.shutdown(time.Second)
 		return nil, fmt.Errorf("server.admin: %w", err)
@@ -218,6 +223,15 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 		gw.addrs["admin"] = adminAddr
 	}
 	gw.stopAdmin = stopAdmin
+	memberAddr, stopMember, err := startMember(ctx, cfg, admin.Options{Router: router, Store: st, Log: log, MemberAuth: memberAuth, Credentials: creds}, cm.TLSConfig(), log)
+	if err != nil {
+		gw.shutdown(time.Second)
+		return nil, err
+	}
+	if memberAddr != "" {
+		gw.addrs["member"] = memberAddr
+	}
+	gw.stopAdmin = func() { stopMember(); stopAdmin() }
 	return gw, nil
 }
 
