@@ -11,7 +11,6 @@ import (
 	gosync "sync"
 
 	"github.com/pecgate/pecgate/backend"
-	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -76,9 +75,12 @@ func (a *authn) pin(ctx context.Context, user, password string) {
 // refuse rather than let anyone in.
 var errNoVerifier = fmt.Errorf("%w: no pinned verifier and the old provider cannot check the password", backend.ErrAuthFailed)
 
-// check authenticates user with password against the pinned verifier, or
-// against the old provider while it is there (then pins). A refusal
-// wraps backend.ErrAuthFailed.
+// check authenticates user with password against the pinned verifier, or,
+// with none, against the old provider itself while it is there: a login
+// with the client's own credentials (LoginIMAP, whatever old's auth mode:
+// a provider the gateway reaches with a master user or the vault still
+// takes its members' own logins), then pins. A refusal wraps
+// backend.ErrAuthFailed.
 func (a *authn) check(ctx context.Context, route *Route, user, password string) error {
 	var phc string
 	if a.st != nil {
@@ -97,10 +99,10 @@ func (a *authn) check(ctx context.Context, route *Route, user, password string) 
 		}
 		return nil
 	}
-	if route.Old == nil || route.Old.Config().Auth != config.AuthPassthrough {
+	if route.Old == nil {
 		return errNoVerifier
 	}
-	up, err := route.Old.LoginUser(ctx, user, password, a.secrets, nil)
+	up, err := route.Old.LoginIMAP(ctx, user, password, nil)
 	if err != nil {
 		if backend.IsAuthFailure(err) {
 			return err

@@ -210,7 +210,7 @@ func (s *imapSession) Login(username, password string) error {
 			Text: "The mail provider is unreachable, please retry later"}
 	}
 	limiter.Succeeded(username)
-	if route.State == config.StateOld && route.New != nil && route.Old.Config().Auth == config.AuthPassthrough {
+	if route.State == config.StateOld && route.New != nil {
 		// The domain will move: pin a verifier of the password old accepts
 		// now, so the member keeps it after old is gone.
 		s.srv.auth.pin(context.Background(), username, password)

@@ -109,7 +109,7 @@ func (c *LoginChecker) Check(ctx context.Context, ip, user, password string) err
 		return fmt.Errorf("%w (%v)", ErrLoginUnavailable, err)
 	}
 	limiter.Succeeded(user)
-	if route.State == config.StateOld && route.New != nil && route.Old.Config().Auth == config.AuthPassthrough {
+	if route.State == config.StateOld && route.New != nil {
 		// As a session does: pin the password old accepts now, so the
 		// member keeps it after old is gone.
 		c.auth.pin(ctx, user, password)

@@ -290,15 +290,34 @@ func TestLoginCheckerMasterOld(t *testing.T) {
 		p.Auth, p.MasterUser, p.MasterPasswordFile, p.MasterStyle = config.AuthMaster, old.MasterUser, f, config.MasterStyleSASL
 	}, user)
 	pw := s.old.Password(user)
+	// Old is reached with its master user, which says nothing of the
+	// client's password: without a verifier, old itself checks it (a
+	// login with the member's own credentials), and then it is pinned.
 	wantKind(t, "no verifier, any password", s.check(user, "anything"), ErrLoginRefused)
-	wantKind(t, "no verifier, the right password", s.check(user, pw), ErrLoginRefused)
-	phc, err := store.HashPassword(pw)
-	if err != nil {
-		t.Fatal(err)
+	// The same over IMAP: a session must not let a wrong password in
+	// because the master login to old succeeds.
+	if err := s.imapLogin(t, user, "anything"); err == nil {
+		t.Fatal("IMAP LOGIN with a wrong password succeeded in migrating with a master old provider")
 	}
-	if err := s.st.Update(context.Background(), func(tx store.Tx) error { return store.PutVerifier(tx, user, phc) }); err != nil {
-		t.Fatal(err)
+	if err := s.imapLogin(t, user, s.new.Password(user)); err == nil {
+		t.Fatal("IMAP LOGIN with the new provider's password succeeded in migrating with a master old provider")
+	}
+	var phc string
+	s.st.View(context.Background(), func(tx store.Tx) error { phc, _ = store.GetVerifier(tx, user); return nil })
+	if phc != "" {
+		t.Fatal("a verifier was pinned after refusals only")
+	}
+	wantKind(t, "no verifier, the right password", s.check(user, pw), nil)
+	s.st.View(context.Background(), func(tx store.Tx) error { phc, _ = store.GetVerifier(tx, user); return nil })
+	if ok, err := store.CheckPassword(phc, pw); err != nil || !ok {
+		t.Fatalf("verifier after the right password: %q %v %v, want one of the password", phc, ok, err)
 	}
 	wantKind(t, "pinned, a wrong password", s.check(user, "anything"), ErrLoginRefused)
 	wantKind(t, "pinned, the right password", s.check(user, pw), nil)
+	if err := s.imapLogin(t, user, "anything"); err == nil {
+		t.Fatal("IMAP LOGIN with a wrong password succeeded with a pinned verifier")
+	}
+	if err := s.imapLogin(t, user, pw); err != nil {
+		t.Fatalf("IMAP LOGIN with the right password: %v", err)
+	}
 }

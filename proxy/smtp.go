@@ -527,12 +527,18 @@ func (s *smtpSession) login(username, password string) error {
 	// state names (old -> old, otherwise new), with that provider's
 	// credentials; when it does not see the client's own password, the
 	// client is checked against the pinned verifier (or old) first.
+	// In state old the client's own credentials go to old, as IMAP's
+	// plain proxy does: a master or vault login there would not check them.
 	var err error
 	if route.State != config.StateOld && route.Provider.Config().Auth != config.AuthPassthrough {
 		err = s.srv.auth.check(s.ctx, route, username, password)
 	}
 	var up *smtp.Client
-	if err == nil {
+	switch {
+	case err != nil:
+	case route.State == config.StateOld:
+		up, err = route.Provider.LoginSMTP(s.ctx, s.srv.hostname, username, password)
+	default:
 		up, err = route.Provider.LoginUserSMTP(s.ctx, s.srv.hostname, username, password, s.srv.opts.Secrets)
 	}
 	if err != nil {

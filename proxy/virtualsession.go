@@ -26,6 +26,14 @@ func (s *imapSession) virtual() bool { return s.newUp != nil }
 func (s *imapSession) loginVirtual(route *Route, username, password string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
+	if route.Old.Config().Auth != config.AuthPassthrough && route.State != config.StateNew {
+		// Old is reached with the provider's credentials (master, vault),
+		// which say nothing of the client's password: check it first,
+		// against the pinned verifier or old itself.
+		if err := s.srv.auth.check(ctx, route, username, password); err != nil {
+			return err
+		}
+	}
 	if route.State == config.StateOld {
 		// After a rollback: old is the only side, and writable, but its
 		// mailboxes keep the virtual UIDs of the map (invariant 1).
