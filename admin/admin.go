@@ -6,7 +6,7 @@
 //	GET /healthz                     200 "ok": the process answers; no token
 //	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
 //	GET /metrics                     501 for now: Prometheus metrics come with a later issue
-//	GET /                            a plain HTML page: domains and states; no token
+//	GET /                            the status page (page.go); the admin token through a login form and a session cookie
 //	GET /api/v1/domains              every served domain (DomainList), with its copy progress (DomainProgress)
 //	GET /api/v1/domains/{domain}     one domain, its user overrides, its progress and the members with problems (Domain)
 //	PUT /api/v1/domains/{domain}     {"state":"migrating","force":false} (StateRequest) -> ChangeResult
@@ -72,6 +72,9 @@ type Options struct {
 	// Metrics serves GET /metrics (promhttp on the gateway's registry).
 	// nil answers 501.
 	Metrics http.Handler
+	// History is the copy history the status page charts (its owner runs
+	// History.Run). nil: the page shows no chart.
+	History *History
 }
 
 // maxBody bounds a PUT body.

@@ -59,6 +59,10 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}
+	if st != nil {
+		// The status page's chart: samples of the copy, every 30 s.
+		opts.History = admin.NewHistory(admin.HistoryOptions{Router: router, Store: st, Log: log})
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return "", nil, fmt.Errorf("server.admin: %w", err)
@@ -80,6 +84,13 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 		}
 	}()
 	ctx, cancel := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		if opts.History != nil {
+			opts.History.Run(ctx)
+		}
+	}()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
@@ -91,7 +102,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 			srv.Close()
 		}
 	}()
-	return ln.Addr().String(), func() { cancel(); <-shut; <-done }, nil
+	return ln.Addr().String(), func() { cancel(); <-shut; <-done; <-sampled }, nil
 }
 
 // readToken reads the admin bearer token from path.
