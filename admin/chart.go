@@ -35,6 +35,13 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 	start := now.Add(-window)
 	var peak float64
 	var msgs, byts int64
+	var inWindow []HistoryPoint
+	for _, p := range points {
+		if p.To.After(start) {
+			inWindow = append(inWindow, p)
+		}
+	}
+	points = inWindow
 	for _, p := range points {
 		peak = math.Max(peak, p.MessagesPerMinute())
 		msgs += p.Messages
