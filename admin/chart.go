@@ -23,6 +23,7 @@ const (
 	chartTicks                  = 4 // x labels: window/4 apart
 	chartGap                    = 1.0
 	chartMinBar                 = 1.5
+	chartMinLive                = 4
 	chartTimeFormat             = "15:04:05"
 	chartEmptyNote              = "No sample yet: the chart fills in as the gateway samples the copy."
 	chartFloorMessagesPerMinute = 10 // the y scale's least maximum
@@ -85,6 +86,10 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 			continue
 		}
 		w := math.Max(x1-x0-chartGap, chartMinBar)
+		if p.Live {
+			w = math.Max(w, chartMinLive) // the open interval is often seconds wide
+			x0 = math.Min(x0, chartW-chartRight-w)
+		}
 		v := p.MessagesPerMinute()
 		y := yOf(v)
 		h := chartTop + chartPlotH - y

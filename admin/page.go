@@ -434,7 +434,19 @@ func fillProgressView(dv *domainView, pr *DomainProgress) {
 	case dv.State != config.StateMigrating:
 		dv.ETAWhy = "the copy runs in state migrating"
 	case pr.Members[PhaseNotStarted]+pr.Members[PhaseNeedsLogin]+pr.Members[PhaseQuota] > 0:
-		dv.ETAWhy = "members not started, waiting for a login or out of quota"
+		var why []string
+		for _, c := range []struct {
+			phase, one, many string
+		}{
+			{PhaseQuota, "1 member out of quota", "%d members out of quota"},
+			{PhaseNeedsLogin, "1 member waiting for a login", "%d members waiting for a login"},
+			{PhaseNotStarted, "1 member not started", "%d members not started"},
+		} {
+			if n := pr.Members[c.phase]; n > 0 {
+				why = append(why, plural(n, c.one, fmt.Sprintf(c.many, n)))
+			}
+		}
+		dv.ETAWhy = "unknown while " + strings.Join(why, ", ")
 	default:
 		dv.ETAWhy = "measured between two readings while messages move"
 	}
@@ -745,6 +757,8 @@ func durText(d time.Duration) string {
 	switch {
 	case d <= 0:
 		return "0 s"
+	case d == time.Minute:
+		return "minute"
 	case d%time.Hour == 0:
 		return plural(int(d/time.Hour), "hour", strconv.Itoa(int(d/time.Hour))+" hours")
 	case d%time.Minute == 0:

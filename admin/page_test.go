@@ -253,6 +253,28 @@ func TestPageNeedsToken(t *testing.T) {
 	})
 }
 
+func TestPageAssetsAndMethods(t *testing.T) {
+	f := newPageFixture(t)
+	b := f.browser(t)
+	for path, ctype := range map[string]string{"/assets/status.css": "text/css", "/assets/status.js": "text/javascript"} {
+		a := b.get(t, path) // no session: the assets hold no data
+		if a.status != 200 || !strings.HasPrefix(a.header.Get("Content-Type"), ctype) || len(a.body) < 100 {
+			t.Errorf("GET %s: %d %q, %d bytes", path, a.status, a.header.Get("Content-Type"), len(a.body))
+		}
+	}
+	for _, tc := range []struct{ method, path, allow string }{
+		{"POST", "/", "GET"},
+		{"GET", "/login", "POST"},
+		{"GET", "/logout", "POST"},
+		{"PUT", "/domains/" + pageDomain + "/flip", "GET, POST"},
+	} {
+		a := b.do(t, tc.method, tc.path, nil)
+		if a.status != 405 || a.header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, a.status, a.header.Get("Allow"), tc.allow)
+		}
+	}
+}
+
 func TestPageLoginThrottled(t *testing.T) {
 	f := newPageFixture(t)
 	b := f.browser(t)

@@ -62,6 +62,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // The note of a change made here shows once, not on every refresh.
+    if (/[?&]changed=/.test(location.search) && history.replaceState) {
+      history.replaceState(null, "", location.pathname + location.hash);
+    }
     var main = document.getElementById("status");
     if (main) refresher(main);
     var confirm = document.getElementById("confirm");

@@ -339,6 +339,28 @@ func TestStatusPageBrowser(t *testing.T) {
 		t.Errorf("the page shows state %q after the flip; want new", state.Value)
 	}
 	screenshot("status-page-flipped.png")
+
+	// The page follows a change made elsewhere (pecgate route, the API)
+	// without a reload: its script refreshes it in place.
+	req, err := http.NewRequest(http.MethodPut, base+"/api/v1/domains/"+domain, strings.NewReader(`{"state":"migrating"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT %s migrating: %s", domain, resp.Status)
+	}
+	_, err = chromedp.Run(ctx, chromedp.Poll[bool](
+		`document.querySelector('section.domain[data-domain="`+domain+`"]').dataset.state === "migrating"`,
+		chromedp.WithPollingTimeout(time.Minute)))
+	if err != nil {
+		t.Errorf("the page did not refresh itself to state migrating within a minute: %v", err)
+	}
 	u, _ := url.Parse(base)
 	t.Logf("admin at %s; screenshots in %s", u.Host, artifacts)
 }
