@@ -786,3 +786,15 @@ func shorten(s string, n int) string {
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// PreviewDomain asks what changing a domain to state would do (GET
+// /api/v1/domains/{domain}/preview), changing nothing: what `pecgate
+// route` can show before it asks for confirmation.
+func (c *Client) PreviewDomain(ctx context.Context, name, state string) (*FlipPreview, error) {
+	p := new(FlipPreview)
+	path := "/api/v1/domains/" + url.PathEscape(name) + "/preview?state=" + url.QueryEscape(state)
+	if err := c.do(ctx, http.MethodGet, path, nil, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}

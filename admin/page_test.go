@@ -369,6 +369,12 @@ func TestPagePreviewAPI(t *testing.T) {
 		if want := (admin.FlipPreview{Domain: pageDomain, From: "migrating", To: "new", Reason: p.Reason, Uncopied: 412, Forceable: true}); p != want || p.Reason == "" {
 			t.Fatalf("preview %+v, want %+v with a reason", p, want)
 		}
+		if cp, err := (&admin.Client{BaseURL: f.srv.URL, Token: token}).PreviewDomain(context.Background(), pageDomain, "new"); err != nil || *cp != p {
+			t.Fatalf("Client.PreviewDomain: %+v, %v; want %+v", cp, err, p)
+		}
+		if _, err := (&admin.Client{BaseURL: f.srv.URL, Token: token}).PreviewDomain(context.Background(), pageDomain, "done"); err == nil {
+			t.Fatal("Client.PreviewDomain of a bad state: no error")
+		}
 		_, err := (&admin.Client{BaseURL: f.srv.URL, Token: token}).SetDomain(context.Background(), pageDomain, "new", false)
 		var e *admin.Error
 		if !asError(err, &e) || e.Status != 409 || e.Uncopied != p.Uncopied || e.Message != p.Reason {
