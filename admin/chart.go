@@ -48,7 +48,7 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 		msgs += p.Messages
 		byts += p.Bytes
 	}
-	top := niceCeil(math.Max(peak, chartFloorMessagesPerMinute))
+	top := chartNiceCeil(math.Max(peak, chartFloorMessagesPerMinute))
 	xOf := func(t time.Time) float64 {
 		f := float64(t.Sub(start)) / float64(window)
 		return chartLeft + math.Max(0, math.Min(1, f))*chartPlotW
@@ -56,12 +56,12 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 	yOf := func(v float64) float64 { return chartTop + chartPlotH - v/top*chartPlotH }
 
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" role="img" aria-label="Messages copied per minute over the last %s">`, chartW, chartH, durText(window))
+	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" role="img" aria-label="Messages copied per minute over the last %s">`, chartW, chartH, pageDur(window))
 	// Grid and y labels: 0, half, top.
 	for _, v := range []float64{0, top / 2, top} {
 		y := yOf(v)
 		fmt.Fprintf(&b, `<line class="grid" x1="%d" y1="%.1f" x2="%d" y2="%.1f"/>`, chartLeft, y, chartW-chartRight, y)
-		fmt.Fprintf(&b, `<text class="axis" x="%d" y="%.1f" text-anchor="end">%s</text>`, chartLeft-6, y+3.5, compact(v))
+		fmt.Fprintf(&b, `<text class="axis" x="%d" y="%.1f" text-anchor="end">%s</text>`, chartLeft-6, y+3.5, chartCompact(v))
 	}
 	fmt.Fprintf(&b, `<text class="axis unit" x="%d" y="%d">msg/min</text>`, chartLeft+4, chartTop+10)
 	// x labels: minutes ago.
@@ -69,7 +69,7 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 		t := start.Add(time.Duration(i) * window / chartTicks)
 		label := "now"
 		if i < chartTicks {
-			label = "−" + agoText(now.Sub(t))
+			label = "−" + chartAgo(now.Sub(t))
 		}
 		anchor := "middle"
 		switch i {
@@ -102,7 +102,7 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 		}
 		title := fmt.Sprintf("%s–%s: %s messages, %s (%s msg/min)%s",
 			p.From.Local().Format(chartTimeFormat), p.To.Local().Format(chartTimeFormat),
-			groupDigits(p.Messages), sizeText(p.Bytes), compact(v), map[bool]string{true: ", still counting"}[p.Live])
+			pageNum(p.Messages), pageSize(p.Bytes), chartCompact(v), map[bool]string{true: ", still counting"}[p.Live])
 		fmt.Fprintf(&b, `<rect class="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>%s</title></rect>`,
 			class, x0, chartTop+chartPlotH-h, w, h, template.HTMLEscapeString(title))
 	}
@@ -119,21 +119,21 @@ func renderChart(points []HistoryPoint, now time.Time, window, every time.Durati
 			span = window
 		}
 		note = fmt.Sprintf("%s messages (%s) copied in the last %s; peak %s msg/min. Sampled every %s.",
-			groupDigits(msgs), sizeText(byts), durText(max(span, time.Minute)), compact(peak), durText(every))
+			pageNum(msgs), pageSize(byts), pageDur(max(span, time.Minute)), chartCompact(peak), pageDur(every))
 	}
 	return template.HTML(b.String()), note
 }
 
-// agoText writes a tick's distance from now: "45 min", "30 s".
-func agoText(d time.Duration) string {
+// chartAgo writes a tick's distance from now: "45 min", "30 s".
+func chartAgo(d time.Duration) string {
 	if d >= time.Minute {
 		return fmt.Sprintf("%d min", int(d.Round(time.Minute)/time.Minute))
 	}
 	return fmt.Sprintf("%d s", int(d.Round(time.Second)/time.Second))
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
-func niceCeil(v float64) float64 {
+// chartNiceCeil rounds v up to 1, 2 or 5 times a power of ten.
+func chartNiceCeil(v float64) float64 {
 	if v <= 0 {
 		return 1
 	}
@@ -146,20 +146,20 @@ func niceCeil(v float64) float64 {
 	return 10 * p
 }
 
-// compact writes a rate with at most three significant digits: 0, 0.5, 12,
+// chartCompact writes a rate with at most three significant digits: 0, 0.5, 12,
 // 340, 1.2k.
-func compact(v float64) string {
+func chartCompact(v float64) string {
 	switch {
 	case v >= 1e6:
-		return trimZero(fmt.Sprintf("%.1f", v/1e6)) + "M"
+		return chartTrimZero(fmt.Sprintf("%.1f", v/1e6)) + "M"
 	case v >= 1e4:
 		return fmt.Sprintf("%.0fk", v/1e3)
 	case v >= 1e3:
-		return trimZero(fmt.Sprintf("%.1f", v/1e3)) + "k"
+		return chartTrimZero(fmt.Sprintf("%.1f", v/1e3)) + "k"
 	case v >= 10 || v == 0:
 		return fmt.Sprintf("%.0f", v)
 	}
-	return trimZero(fmt.Sprintf("%.1f", v))
+	return chartTrimZero(fmt.Sprintf("%.1f", v))
 }
 
-func trimZero(s string) string { return strings.TrimSuffix(s, ".0") }
+func chartTrimZero(s string) string { return strings.TrimSuffix(s, ".0") }

@@ -59,13 +59,13 @@ type History struct {
 	now  func() time.Time
 
 	mu     gosync.Mutex
-	base   map[string]copied // user -> done counts at baseAt
-	baseAt time.Time         // zero until the first sample
+	base   map[string]histCopied // user -> done counts at baseAt
+	baseAt time.Time             // zero until the first sample
 	points map[string][]HistoryPoint
 }
 
-// copied is a user's done counts.
-type copied struct {
+// histCopied is a user's done counts.
+type histCopied struct {
 	domain          string
 	messages, bytes int64
 }
@@ -142,8 +142,8 @@ func (h *History) Run(ctx context.Context) error {
 
 // read returns every progress record's done counts, by user, with the
 // user's domain; users of domains not served are left out.
-func (h *History) read(ctx context.Context) (map[string]copied, error) {
-	out := map[string]copied{}
+func (h *History) read(ctx context.Context) (map[string]histCopied, error) {
+	out := map[string]histCopied{}
 	err := h.opts.Store.View(ctx, func(tx store.Tx) error {
 		list, err := store.ListProgress(tx)
 		if err != nil {
@@ -154,7 +154,7 @@ func (h *History) read(ctx context.Context) (map[string]copied, error) {
 			if rt == nil {
 				continue
 			}
-			out[store.CanonicalUser(p.User)] = copied{domain: rt.Domain.Name, messages: p.MessagesDone, bytes: p.BytesDone}
+			out[store.CanonicalUser(p.User)] = histCopied{domain: rt.Domain.Name, messages: p.MessagesDone, bytes: p.BytesDone}
 		}
 		return nil
 	})
@@ -165,10 +165,10 @@ func (h *History) read(ctx context.Context) (map[string]copied, error) {
 }
 
 // gains returns, per served domain, what cur gained over base.
-func (h *History) gains(base, cur map[string]copied) map[string]copied {
-	out := map[string]copied{}
+func (h *History) gains(base, cur map[string]histCopied) map[string]histCopied {
+	out := map[string]histCopied{}
 	for _, d := range h.opts.Router.Domains() {
-		out[d.Name] = copied{domain: d.Name}
+		out[d.Name] = histCopied{domain: d.Name}
 	}
 	for u, c := range cur {
 		g, ok := out[c.domain]

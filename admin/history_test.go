@@ -95,20 +95,20 @@ func (f *historyFixture) series(t *testing.T) map[string][]HistoryPoint {
 	return s
 }
 
-type gain struct {
+type histGain struct {
 	messages, bytes int64
 	live            bool
 }
 
-func gainsOf(pts []HistoryPoint) []gain {
-	var out []gain
+func histGainsOf(pts []HistoryPoint) []histGain {
+	var out []histGain
 	for _, p := range pts {
-		out = append(out, gain{p.Messages, p.Bytes, p.Live})
+		out = append(out, histGain{p.Messages, p.Bytes, p.Live})
 	}
 	return out
 }
 
-func sameGains(a, b []gain) bool {
+func histSameGains(a, b []histGain) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -143,11 +143,11 @@ func TestHistoryGains(t *testing.T) {
 	f.set(t, "anna@a.test", 70, 700)
 	f.now = f.now.Add(10 * time.Second) // live interval, not a sample
 	s := f.series(t)
-	if want := []gain{{65, 650, false}, {0, 0, false}, {30, 300, true}}; !sameGains(gainsOf(s["a.test"]), want) {
-		t.Errorf("a.test gains %+v, want %+v", gainsOf(s["a.test"]), want)
+	if want := []histGain{{65, 650, false}, {0, 0, false}, {30, 300, true}}; !histSameGains(histGainsOf(s["a.test"]), want) {
+		t.Errorf("a.test gains %+v, want %+v", histGainsOf(s["a.test"]), want)
 	}
-	if want := []gain{{0, 0, false}, {0, 0, false}, {0, 0, true}}; !sameGains(gainsOf(s["b.test"]), want) {
-		t.Errorf("b.test gains %+v, want %+v (an idle domain has zero bars, not none)", gainsOf(s["b.test"]), want)
+	if want := []histGain{{0, 0, false}, {0, 0, false}, {0, 0, true}}; !histSameGains(histGainsOf(s["b.test"]), want) {
+		t.Errorf("b.test gains %+v, want %+v (an idle domain has zero bars, not none)", histGainsOf(s["b.test"]), want)
 	}
 	if _, ok := s["x.test"]; ok {
 		t.Error("a domain not served has a series")

@@ -41,20 +41,20 @@ import (
 )
 
 //go:embed web/status.html web/status.css web/status.js
-var webFS embed.FS
+var statusFS embed.FS
 
 var statusTemplates = template.Must(template.New("status").Funcs(template.FuncMap{
-	"num":   groupDigits,
+	"num":   pageNum,
 	"int64": func(n int) int64 { return int64(n) },
-	"size":  sizeText,
-}).ParseFS(webFS, "web/status.html"))
+	"size":  pageSize,
+}).ParseFS(statusFS, "web/status.html"))
 
 // maxProblemRows bounds the problems the page lists per domain; `pecgate
 // status DOMAIN` and the API list them all.
 const maxProblemRows = 100
 
-// pageCSP is the Content-Security-Policy of every page.
-const pageCSP = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+// statusCSP is the Content-Security-Policy of every page.
+const statusCSP = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 // FlipPreview is what changing a domain's state would do: GET
 // /api/v1/domains/{domain}/preview?state=S, and the page's flip control.
@@ -96,8 +96,8 @@ func (s *server) routePage(mux *http.ServeMux) {
 	mux.Handle("GET /domains/{domain}/flip", p.serve(p.getFlip))
 	mux.Handle("POST /domains/{domain}/flip", p.serve(p.postFlip))
 	mux.Handle("/domains/{domain}/flip", s.notAllowed("GET, POST"))
-	mux.Handle("GET /assets/status.css", asset("web/status.css", "text/css; charset=utf-8"))
-	mux.Handle("GET /assets/status.js", asset("web/status.js", "text/javascript; charset=utf-8"))
+	mux.Handle("GET /assets/status.css", pageAsset("web/status.css", "text/css; charset=utf-8"))
+	mux.Handle("GET /assets/status.js", pageAsset("web/status.js", "text/javascript; charset=utf-8"))
 }
 
 // routePageAPI registers the API routes the status page needs beyond the
@@ -107,8 +107,8 @@ func (s *server) routePageAPI(api *http.ServeMux) {
 	api.Handle("/api/v1/domains/{domain}/preview", s.notAllowed("GET"))
 }
 
-func asset(name, contentType string) http.Handler {
-	data, err := webFS.ReadFile(name)
+func pageAsset(name, contentType string) http.Handler {
+	data, err := statusFS.ReadFile(name)
 	if err != nil {
 		panic(err)
 	}
@@ -164,7 +164,7 @@ func (s *server) flipPreview(ctx context.Context, domain, state string) (*FlipPr
 // serve renders the error h returns as an HTML page.
 func (p *statusPage) serve(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Security-Policy", pageCSP)
+		w.Header().Set("Content-Security-Policy", statusCSP)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "same-origin") // "no-referrer" would make the browser send "Origin: null"
 		w.Header().Set("X-Frame-Options", "DENY")
@@ -179,9 +179,9 @@ func (p *statusPage) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if e.Status >= 500 {
 		p.s.Log.Error("admin page request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 	}
-	v := messageView{pageBase: pageBase{Title: http.StatusText(e.Status)}, Status: e.Status, Message: e.Message}
+	v := opMessageView{opPageBase: opPageBase{Title: http.StatusText(e.Status)}, Status: e.Status, Message: e.Message}
 	if a := p.opAuthOf(r); a.ok() {
-		v.pageBase = p.base(a, v.Title)
+		v.opPageBase = p.base(a, v.Title)
 	}
 	p.render(w, e.Status, "message", v)
 }
@@ -201,8 +201,8 @@ func (p *statusPage) render(w http.ResponseWriter, status int, name string, data
 	return nil
 }
 
-// pageBase is what every page's frame shows.
-type pageBase struct {
+// opPageBase is what every page's frame shows.
+type opPageBase struct {
 	Title    string
 	LoggedIn bool   // a session or the bearer token; the frame shows Log out for a session
 	Session  bool   // a session cookie (Log out makes sense)
@@ -210,17 +210,17 @@ type pageBase struct {
 	Now      time.Time
 }
 
-func (p *statusPage) base(a opAuth, title string) pageBase {
-	b := pageBase{Title: title, LoggedIn: a.ok(), Session: a.sid != "", Now: time.Now().UTC()}
+func (p *statusPage) base(a opAuth, title string) opPageBase {
+	b := opPageBase{Title: title, LoggedIn: a.ok(), Session: a.sid != "", Now: time.Now().UTC()}
 	if a.sid != "" {
 		b.CSRF = p.sessions.csrf(a.sid)
 	}
 	return b
 }
 
-// loginView is the token form.
-type loginView struct {
-	pageBase
+// opLoginView is the token form.
+type opLoginView struct {
+	opPageBase
 	Next    string
 	Message string // why the form is shown again; "" the first time
 }
@@ -229,15 +229,15 @@ type loginView struct {
 func (p *statusPage) showLogin(w http.ResponseWriter, r *http.Request, status int, msg string) error {
 	next := "/"
 	if r.Method == http.MethodGet {
-		next = safeNext(r.URL.RequestURI())
+		next = opSafeNext(r.URL.RequestURI())
 	}
-	return p.render(w, status, "login", loginView{pageBase: pageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg})
+	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg})
 }
 
 // checkPost refuses a state-changing POST from another origin, or made
 // with the session cookie but without its CSRF token. It parses the form.
 func (p *statusPage) checkPost(w http.ResponseWriter, r *http.Request, a opAuth) error {
-	if !sameOrigin(r) {
+	if !opSameOrigin(r) {
 		return errorf(http.StatusForbidden, "cross-origin request refused: open the page from the gateway's own address")
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -255,7 +255,7 @@ func (p *statusPage) checkPost(w http.ResponseWriter, r *http.Request, a opAuth)
 }
 
 func (p *statusPage) postLogin(w http.ResponseWriter, r *http.Request) error {
-	if !sameOrigin(r) {
+	if !opSameOrigin(r) {
 		return errorf(http.StatusForbidden, "cross-origin request refused: open the page from the gateway's own address")
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -276,7 +276,7 @@ func (p *statusPage) postLogin(w http.ResponseWriter, r *http.Request) error {
 	}
 	setOpCookie(w, r, p.sessions.issue(), int(sessionTTL/time.Second))
 	p.s.Log.Info("admin page login", "remote", r.RemoteAddr)
-	http.Redirect(w, r, safeNext(r.PostForm.Get("next")), http.StatusSeeOther)
+	http.Redirect(w, r, opSafeNext(r.PostForm.Get("next")), http.StatusSeeOther)
 	return nil
 }
 
@@ -295,24 +295,24 @@ func (p *statusPage) postLogout(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// statusView is the status page.
-type statusView struct {
-	pageBase
+// opStatusView is the status page.
+type opStatusView struct {
+	opPageBase
 	// Changed is the domain a flip just changed (?changed=), with its
 	// state now; "" otherwise.
 	Changed, ChangedState string
-	Domains               []domainView
+	Domains               []opDomainView
 	// Every and Window describe the chart's sampling; zero without History.
 	Every, Window string
 }
 
-// domainView is one domain's section.
-type domainView struct {
+// opDomainView is one domain's section.
+type opDomainView struct {
 	Domain
 	ID string // the section's HTML id
 	// HasProgress is false when the gateway keeps no progress.
 	HasProgress bool
-	Phases      []phaseView
+	Phases      []opPhaseView
 	MsgPct      float64 // 0..100
 	BytePct     float64
 	Rate        string // "" when unknown
@@ -321,9 +321,9 @@ type domainView struct {
 	ETAWhy      string // why ETA is unknown
 	Chart       template.HTML
 	ChartNote   string
-	Problems    []problemRow
+	Problems    []opProblemRow
 	MoreProblem int // problems not listed
-	Flips       []flipOption
+	Flips       []opFlipOption
 	NoNew       bool // no new provider: no flip but to old
 	// Idle is true for a domain with nothing to show but its state: in
 	// state old, no member known.
@@ -333,15 +333,15 @@ type domainView struct {
 	Measuring bool
 }
 
-type phaseView struct {
+type opPhaseView struct {
 	Phase, Label string
 	Count        int
 	Pct          float64 // share of the members, for the stacked bar
 	X            float64 // the stacked bar segment's left edge, 0..100
 }
 
-// problemRow is one kind of problem of one member.
-type problemRow struct {
+// opProblemRow is one kind of problem of one member.
+type opProblemRow struct {
 	User, Phase string
 	Title       string // what kind of problem, for a person
 	Severity    string // "error" or "warn"
@@ -350,12 +350,12 @@ type problemRow struct {
 	Action      string // what to do
 }
 
-type flipOption struct {
+type opFlipOption struct {
 	To, Label, Hint string
 	Danger          bool
 }
 
-var phaseLabels = map[string]string{
+var pagePhaseLabels = map[string]string{
 	PhaseCopying:    "Copying",
 	PhaseDone:       "Done",
 	PhaseIncomplete: "Incomplete",
@@ -370,7 +370,7 @@ func (p *statusPage) getPage(w http.ResponseWriter, r *http.Request) error {
 	if !a.ok() {
 		return p.showLogin(w, r, http.StatusOK, "")
 	}
-	v := statusView{pageBase: p.base(a, "Migration status")}
+	v := opStatusView{opPageBase: p.base(a, "Migration status")}
 	list := []Domain{}
 	for _, d := range p.s.Router.Domains() {
 		list = append(list, domainDoc(d))
@@ -384,19 +384,19 @@ func (p *statusPage) getPage(w http.ResponseWriter, r *http.Request) error {
 		if series, err = h.Series(r.Context()); err != nil {
 			return err
 		}
-		v.Every, v.Window = durText(h.Every()), durText(h.Window())
+		v.Every, v.Window = pageDur(h.Every()), pageDur(h.Window())
 	}
 	for _, d := range list {
-		dv := domainView{Domain: d, ID: "d-" + d.Name, NoNew: d.New == ""}
+		dv := opDomainView{Domain: d, ID: "d-" + d.Name, NoNew: d.New == ""}
 		if pr := d.Progress; pr != nil {
 			dv.HasProgress = true
 			dv.Idle = d.State == config.StateOld && pr.MembersTotal == 0
-			fillProgressView(&dv, pr)
+			opFillProgressView(&dv, pr)
 		}
 		if p.s.History != nil {
 			dv.Chart, dv.ChartNote = renderChart(series[d.Name], v.Now, p.s.History.Window(), p.s.History.Every())
 		}
-		dv.Flips = flipOptions(d)
+		dv.Flips = opFlipOptions(d)
 		v.Domains = append(v.Domains, dv)
 		if c := r.URL.Query().Get("changed"); c == d.Name {
 			v.Changed, v.ChangedState = d.Name, d.State
@@ -405,22 +405,22 @@ func (p *statusPage) getPage(w http.ResponseWriter, r *http.Request) error {
 	return p.render(w, http.StatusOK, "page", v)
 }
 
-func fillProgressView(dv *domainView, pr *DomainProgress) {
+func opFillProgressView(dv *opDomainView, pr *DomainProgress) {
 	x := 0.0
 	for _, ph := range Phases() {
 		n := pr.Members[ph]
-		pv := phaseView{Phase: ph, Label: phaseLabels[ph], Count: n, X: x}
+		pv := opPhaseView{Phase: ph, Label: pagePhaseLabels[ph], Count: n, X: x}
 		if pr.MembersTotal > 0 {
 			pv.Pct = 100 * float64(n) / float64(pr.MembersTotal)
 		}
 		x += pv.Pct
 		dv.Phases = append(dv.Phases, pv)
 	}
-	dv.MsgPct = pct(pr.MessagesDone, pr.MessagesTotal)
-	dv.BytePct = pct(pr.BytesDone, pr.BytesTotal)
+	dv.MsgPct = pagePct(pr.MessagesDone, pr.MessagesTotal)
+	dv.BytePct = pagePct(pr.BytesDone, pr.BytesTotal)
 	if pr.MessagesPerSecond != nil {
-		dv.Rate = rateText(*pr.MessagesPerSecond)
-		dv.ByteRate = sizeText(int64(math.Round(deref(pr.BytesPerSecond)))) + "/s"
+		dv.Rate = pageRate(*pr.MessagesPerSecond)
+		dv.ByteRate = pageSize(int64(math.Round(deref(pr.BytesPerSecond)))) + "/s"
 	} else {
 		dv.Measuring = pr.Members[PhaseCopying] > 0
 	}
@@ -428,7 +428,7 @@ func fillProgressView(dv *domainView, pr *DomainProgress) {
 	case pr.ETASeconds != nil && *pr.ETASeconds == 0:
 		dv.ETA = "done"
 	case pr.ETASeconds != nil:
-		dv.ETA = etaText(*pr.ETASeconds)
+		dv.ETA = pageETA(*pr.ETASeconds)
 	case pr.Settled():
 		dv.ETA = "done"
 	case dv.State != config.StateMigrating:
@@ -443,7 +443,7 @@ func fillProgressView(dv *domainView, pr *DomainProgress) {
 			{PhaseNotStarted, "1 member not started", "%d members not started"},
 		} {
 			if n := pr.Members[c.phase]; n > 0 {
-				why = append(why, plural(n, c.one, fmt.Sprintf(c.many, n)))
+				why = append(why, pagePlural(n, c.one, fmt.Sprintf(c.many, n)))
 			}
 		}
 		dv.ETAWhy = "unknown while " + strings.Join(why, ", ")
@@ -451,7 +451,7 @@ func fillProgressView(dv *domainView, pr *DomainProgress) {
 		dv.ETAWhy = "measured between two readings while messages move"
 	}
 	for _, mp := range pr.Problems {
-		for _, row := range problemRows(mp) {
+		for _, row := range opProblemRows(mp) {
 			if len(dv.Problems) >= maxProblemRows {
 				dv.MoreProblem++
 				continue
@@ -461,38 +461,38 @@ func fillProgressView(dv *domainView, pr *DomainProgress) {
 	}
 }
 
-// problemRows says what each of a member's problems is and what to do.
-func problemRows(mp MemberProblem) []problemRow {
-	var rows []problemRow
+// opProblemRows says what each of a member's problems is and what to do.
+func opProblemRows(mp MemberProblem) []opProblemRow {
+	var rows []opProblemRow
 	for _, k := range mp.Kinds {
-		title, sev, action := problemAdvice(k.Kind, k.Message, k.Hint)
-		rows = append(rows, problemRow{User: mp.User, Phase: mp.Phase, Title: title, Severity: sev, Count: k.Count, Detail: shorten(k.Message, 240), Action: action})
+		title, sev, action := opProblemAdvice(k.Kind, k.Message, k.Hint)
+		rows = append(rows, opProblemRow{User: mp.User, Phase: mp.Phase, Title: title, Severity: sev, Count: k.Count, Detail: pageShorten(k.Message, 240), Action: action})
 	}
 	if len(rows) == 0 {
 		switch mp.Phase {
 		case PhaseFailed:
-			rows = append(rows, problemRow{User: mp.User, Phase: mp.Phase, Title: "Copy failed", Severity: "error",
+			rows = append(rows, opProblemRow{User: mp.User, Phase: mp.Phase, Title: "Copy failed", Severity: "error",
 				Action: "The copy is retried by itself; the gateway's log says why it failed."})
 		case PhaseIncomplete:
-			rows = append(rows, problemRow{User: mp.User, Phase: mp.Phase, Title: "Copy incomplete", Severity: "warn",
+			rows = append(rows, opProblemRow{User: mp.User, Phase: mp.Phase, Title: "Copy incomplete", Severity: "warn",
 				Action: "A pass ended with messages left; the next pass retries them."})
 		}
 	}
 	return rows
 }
 
-// appPasswordSuspected reports whether a refused login's message carries
+// opAppPasswordSuspected reports whether a refused login's message carries
 // the provider's app-password hint (backend adds it for providers with
 // app_passwords, e.g. the aruba preset).
-func appPasswordSuspected(msg string) bool {
+func opAppPasswordSuspected(msg string) bool {
 	m := strings.ToLower(msg)
 	return strings.Contains(m, "app password") || strings.Contains(m, "two-factor")
 }
 
-// problemAdvice returns a title, a severity and what to do about a problem
+// opProblemAdvice returns a title, a severity and what to do about a problem
 // of kind with message msg; hint is progress.go's.
-func problemAdvice(kind, msg, hint string) (title, severity, action string) {
-	provider := providerOf(msg)
+func opProblemAdvice(kind, msg, hint string) (title, severity, action string) {
+	provider := opProviderOf(msg)
 	at := ""
 	if provider != "" {
 		at = " at " + provider
@@ -503,7 +503,7 @@ func problemAdvice(kind, msg, hint string) (title, severity, action string) {
 			"The member must log in once through pecgate (any mail client set to the gateway): the copy needs their password, which this provider (passthrough) does not let pecgate keep."
 	case "auth":
 		switch {
-		case appPasswordSuspected(msg):
+		case opAppPasswordSuspected(msg):
 			return "Two-factor / app password suspected", "error",
 				"The login" + at + " was refused and the account probably has two-factor login. Have the member create an app password in the provider's webmail and store it as their credential (member page, or pecgate vault import), or disable two-factor login for IMAP. The copy retries within the hour."
 		case strings.Contains(strings.ToLower(msg), "no credential"):
@@ -511,7 +511,7 @@ func problemAdvice(kind, msg, hint string) (title, severity, action string) {
 				"Import the member's username and password" + at + " with pecgate vault import (or the member sets them on the member page). The copy retries within the hour."
 		default:
 			return "Login refused", "error",
-				"The provider" + orThe(provider) + " refused the master or vault credentials: check [providers] master_user / master_password_file, or the member's vault entry. The copy retries within the hour; pecgate never retries a refused password at once (no lock-outs)."
+				"The provider" + opOrThe(provider) + " refused the master or vault credentials: check [providers] master_user / master_password_file, or the member's vault entry. The copy retries within the hour; pecgate never retries a refused password at once (no lock-outs)."
 		}
 	case "quota":
 		return "New mailbox full", "error",
@@ -521,7 +521,7 @@ func problemAdvice(kind, msg, hint string) (title, severity, action string) {
 			"The message is larger than the new provider accepts and stays on old only: ask the new provider to raise the limit, or have the member save it before the old mailbox closes."
 	case "upstream":
 		return "Provider error", "warn",
-			"The provider" + orThe(provider) + " failed or refused a command; the copy retries by itself. If it persists, check the provider's status and the gateway's log."
+			"The provider" + opOrThe(provider) + " failed or refused a command; the copy retries by itself. If it persists, check the provider's status and the gateway's log."
 	case "folder":
 		return "Folder refused by new", "warn",
 			"The new provider refused to create or subscribe a folder: check its folder-name rules; the messages of that folder wait until it exists."
@@ -532,9 +532,9 @@ func problemAdvice(kind, msg, hint string) (title, severity, action string) {
 	return kind, "warn", strings.ToUpper(hint[:1]) + hint[1:]
 }
 
-// providerOf returns the provider a backend error names ("NAME login:
+// opProviderOf returns the provider a backend error names ("NAME login:
 // ..."), or "".
-func providerOf(msg string) string {
+func opProviderOf(msg string) string {
 	name, rest, ok := strings.Cut(msg, " ")
 	if !ok || name == "" || strings.ContainsAny(name, ":()") {
 		return ""
@@ -546,36 +546,36 @@ func providerOf(msg string) string {
 	return name
 }
 
-func orThe(provider string) string {
+func opOrThe(provider string) string {
 	if provider == "" {
 		return ""
 	}
 	return " (" + provider + ")"
 }
 
-// flipOptions are the changes the page offers for d: those the rules
+// opFlipOptions are the changes the page offers for d: those the rules
 // allow, plus migrating -> new, which the preview explains.
-func flipOptions(d Domain) []flipOption {
+func opFlipOptions(d Domain) []opFlipOption {
 	if d.New == "" {
 		return nil
 	}
 	switch d.State {
 	case config.StateOld:
-		return []flipOption{{To: config.StateMigrating, Label: "Start migration", Hint: "old → migrating: copy every mailbox to " + d.New}}
+		return []opFlipOption{{To: config.StateMigrating, Label: "Start migration", Hint: "old → migrating: copy every mailbox to " + d.New}}
 	case config.StateMigrating:
-		return []flipOption{
+		return []opFlipOption{
 			{To: config.StateNew, Label: "Complete: flip to new", Hint: "migrating → new: serve everyone from " + d.New},
 			{To: config.StateOld, Label: "Roll back to old", Hint: "migrating → old: serve everyone from " + d.Old + " again", Danger: true},
 		}
 	case config.StateNew:
-		return []flipOption{{To: config.StateMigrating, Label: "Back to migrating", Hint: "new → migrating: serve both again"}}
+		return []opFlipOption{{To: config.StateMigrating, Label: "Back to migrating", Hint: "new → migrating: serve both again"}}
 	}
 	return nil
 }
 
-// previewView is the confirmation page of a flip.
-type previewView struct {
-	pageBase
+// opPreviewView is the confirmation page of a flip.
+type opPreviewView struct {
+	opPageBase
 	FlipPreview
 	Old, New string
 	Effects  []string
@@ -607,23 +607,23 @@ func (p *statusPage) showPreview(w http.ResponseWriter, r *http.Request, a opAut
 	if err != nil {
 		return err
 	}
-	v := previewView{pageBase: p.base(a, "Change "+fp.Domain), FlipPreview: *fp, Old: ds.Old, New: ds.New, Message: msg}
+	v := opPreviewView{opPageBase: p.base(a, "Change "+fp.Domain), FlipPreview: *fp, Old: ds.Old, New: ds.New, Message: msg}
 	v.Force = !fp.Allowed && fp.Forceable
-	v.Effects = flipEffects(fp.From, fp.To, ds.Old, ds.New)
+	v.Effects = opFlipEffects(fp.From, fp.To, ds.Old, ds.New)
 	if fp.To == config.StateNew {
 		switch {
 		case fp.Uncopied < 0:
 			v.Left = "Nobody can count the messages not yet in " + ds.New + ": an unknown number would be left behind on " + ds.Old + "."
 		case fp.Uncopied > 0:
-			v.Left = groupDigits(int64(fp.Uncopied)) + plural(fp.Uncopied, " message is", " messages are") + " not yet in " + ds.New +
-				". Flipping now leaves " + plural(fp.Uncopied, "it", "them") + " behind on " + ds.Old + ": members will no longer see " + plural(fp.Uncopied, "it", "them") + " through pecgate."
+			v.Left = pageNum(int64(fp.Uncopied)) + pagePlural(fp.Uncopied, " message is", " messages are") + " not yet in " + ds.New +
+				". Flipping now leaves " + pagePlural(fp.Uncopied, "it", "them") + " behind on " + ds.Old + ": members will no longer see " + pagePlural(fp.Uncopied, "it", "them") + " through pecgate."
 		}
 	}
 	return p.render(w, status, "preview", v)
 }
 
-// flipEffects says, for a person, what changing from -> to does.
-func flipEffects(from, to, old, nw string) []string {
+// opFlipEffects says, for a person, what changing from -> to does.
+func opFlipEffects(from, to, old, nw string) []string {
 	switch {
 	case from == to:
 		return []string{"The domain is already in state " + to + ": nothing changes."}
@@ -681,16 +681,16 @@ func (p *statusPage) postFlip(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// messageView is an error page.
-type messageView struct {
-	pageBase
+// opMessageView is an error page.
+type opMessageView struct {
+	opPageBase
 	Status  int
 	Message string
 }
 
 // Formatting, for people (English, the digits grouped).
 
-func groupDigits(n int64) string {
+func pageNum(n int64) string {
 	s := strconv.FormatInt(n, 10)
 	neg := strings.HasPrefix(s, "-")
 	s = strings.TrimPrefix(s, "-")
@@ -707,7 +707,7 @@ func groupDigits(n int64) string {
 	return b.String()
 }
 
-func sizeText(n int64) string {
+func pageSize(n int64) string {
 	const unit = 1000
 	if n < unit {
 		return strconv.FormatInt(n, 10) + " B"
@@ -723,14 +723,14 @@ func sizeText(n int64) string {
 	return strconv.FormatFloat(f, 'f', 0, 64) + " " + units[i]
 }
 
-func pct(done, total int64) float64 {
+func pagePct(done, total int64) float64 {
 	if total <= 0 {
 		return 0
 	}
 	return math.Min(100, 100*float64(done)/float64(total))
 }
 
-func rateText(perSec float64) string {
+func pageRate(perSec float64) string {
 	switch {
 	case perSec >= 10:
 		return strconv.FormatFloat(perSec, 'f', 0, 64) + " msg/s"
@@ -740,7 +740,7 @@ func rateText(perSec float64) string {
 	return strconv.FormatFloat(perSec*60, 'f', 1, 64) + " msg/min"
 }
 
-func etaText(sec int64) string {
+func pageETA(sec int64) string {
 	d := time.Duration(sec) * time.Second
 	switch {
 	case d < time.Minute:
@@ -753,39 +753,39 @@ func etaText(sec int64) string {
 	return fmt.Sprintf("%d days", int(d.Hours()/24+0.5))
 }
 
-func durText(d time.Duration) string {
+func pageDur(d time.Duration) string {
 	switch {
 	case d <= 0:
 		return "0 s"
 	case d == time.Minute:
 		return "minute"
 	case d%time.Hour == 0:
-		return plural(int(d/time.Hour), "hour", strconv.Itoa(int(d/time.Hour))+" hours")
+		return pagePlural(int(d/time.Hour), "hour", strconv.Itoa(int(d/time.Hour))+" hours")
 	case d%time.Minute == 0:
 		return strconv.Itoa(int(d/time.Minute)) + " min"
 	}
 	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
 }
 
-func plural(n int, one, many string) string {
+func pagePlural(n int, one, many string) string {
 	if n == 1 {
 		return one
 	}
 	return many
 }
 
-func shorten(s string, n int) string {
+func pageShorten(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	cut := n
-	for cut > 0 && !isRuneStart(s[cut]) {
+	for cut > 0 && !pageRuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut] + "…"
 }
 
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+func pageRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 // PreviewDomain asks what changing a domain to state would do (GET
 // /api/v1/domains/{domain}/preview), changing nothing: what `pecgate

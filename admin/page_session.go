@@ -169,9 +169,9 @@ func (p *statusPage) opAuthOf(r *http.Request) opAuth {
 	return opAuth{}
 }
 
-// sameOrigin reports whether a POST's Origin header, when present, names
+// opSameOrigin reports whether a POST's Origin header, when present, names
 // the host it was sent to.
-func sameOrigin(r *http.Request) bool {
+func opSameOrigin(r *http.Request) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
 		return true
@@ -187,8 +187,8 @@ func setOpCookie(w http.ResponseWriter, r *http.Request, value string, maxAge in
 	})
 }
 
-// safeNext returns next when it is a path on this host, else "/".
-func safeNext(next string) string {
+// opSafeNext returns next when it is a path on this host, else "/".
+func opSafeNext(next string) string {
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
 		return "/"
 	}
