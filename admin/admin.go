@@ -43,6 +43,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -75,6 +76,9 @@ type Options struct {
 	// History is the copy history the status page charts (its owner runs
 	// History.Run). nil: the page shows no chart.
 	History *History
+	// Config is the gateway's configuration; the status page reads the
+	// providers' quirks from it (app_passwords). nil: none known.
+	Config *config.Config
 }
 
 // maxBody bounds a PUT body.

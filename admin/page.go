@@ -391,7 +391,7 @@ func (p *statusPage) getPage(w http.ResponseWriter, r *http.Request) error {
 		if pr := d.Progress; pr != nil {
 			dv.HasProgress = true
 			dv.Idle = d.State == config.StateOld && pr.MembersTotal == 0
-			opFillProgressView(&dv, pr)
+			opFillProgressView(&dv, pr, p.s.appPasswords)
 		}
 		if p.s.History != nil {
 			dv.Chart, dv.ChartNote = renderChart(series[d.Name], v.Now, p.s.History.Window(), p.s.History.Every())
@@ -405,7 +405,7 @@ func (p *statusPage) getPage(w http.ResponseWriter, r *http.Request) error {
 	return p.render(w, http.StatusOK, "page", v)
 }
 
-func opFillProgressView(dv *opDomainView, pr *DomainProgress) {
+func opFillProgressView(dv *opDomainView, pr *DomainProgress, appPasswords func(provider string) bool) {
 	x := 0.0
 	for _, ph := range Phases() {
 		n := pr.Members[ph]
@@ -451,7 +451,7 @@ func opFillProgressView(dv *opDomainView, pr *DomainProgress) {
 		dv.ETAWhy = "measured between two readings while messages move"
 	}
 	for _, mp := range pr.Problems {
-		for _, row := range opProblemRows(mp) {
+		for _, row := range opProblemRows(mp, appPasswords) {
 			if len(dv.Problems) >= maxProblemRows {
 				dv.MoreProblem++
 				continue
@@ -461,11 +461,13 @@ func opFillProgressView(dv *opDomainView, pr *DomainProgress) {
 	}
 }
 
-// opProblemRows says what each of a member's problems is and what to do.
-func opProblemRows(mp MemberProblem) []opProblemRow {
+// opProblemRows says what each of a member's problems is and what to do;
+// appPasswords says whether a provider wants app passwords with two-factor
+// login (config.Provider.AppPasswords).
+func opProblemRows(mp MemberProblem, appPasswords func(provider string) bool) []opProblemRow {
 	var rows []opProblemRow
 	for _, k := range mp.Kinds {
-		title, sev, action := opProblemAdvice(k.Kind, k.Message, k.Hint)
+		title, sev, action := opProblemAdvice(k.Kind, k.Message, k.Hint, appPasswords)
 		rows = append(rows, opProblemRow{User: mp.User, Phase: mp.Phase, Title: title, Severity: sev, Count: k.Count, Detail: pageShorten(k.Message, 240), Action: action})
 	}
 	if len(rows) == 0 {
@@ -481,18 +483,24 @@ func opProblemRows(mp MemberProblem) []opProblemRow {
 	return rows
 }
 
-// opAppPasswordSuspected reports whether a refused login's message carries
-// the provider's app-password hint (backend adds it for providers with
-// app_passwords, e.g. the aruba preset).
-func opAppPasswordSuspected(msg string) bool {
+// opAppPasswordSuspected reports whether a refused login looks like
+// two-factor login wanting an app password: the refusal carries the hint
+// backend adds for providers with app_passwords (a passthrough or vault
+// login), or a master or vault login was refused by such a provider.
+func opAppPasswordSuspected(msg string, appPasswords func(provider string) bool) bool {
 	m := strings.ToLower(msg)
-	return strings.Contains(m, "app password") || strings.Contains(m, "two-factor")
+	if strings.Contains(m, "app password") || strings.Contains(m, "two-factor") {
+		return true
+	}
+	provider, op := opProviderOf(msg)
+	return provider != "" && appPasswords != nil && appPasswords(provider) &&
+		(strings.HasPrefix(op, "master ") || strings.HasPrefix(op, "vault "))
 }
 
 // opProblemAdvice returns a title, a severity and what to do about a problem
 // of kind with message msg; hint is progress.go's.
-func opProblemAdvice(kind, msg, hint string) (title, severity, action string) {
-	provider := opProviderOf(msg)
+func opProblemAdvice(kind, msg, hint string, appPasswords func(provider string) bool) (title, severity, action string) {
+	provider, _ := opProviderOf(msg)
 	at := ""
 	if provider != "" {
 		at = " at " + provider
@@ -503,10 +511,13 @@ func opProblemAdvice(kind, msg, hint string) (title, severity, action string) {
 			"The member must log in once through pecgate (any mail client set to the gateway): the copy needs their password, which this provider (passthrough) does not let pecgate keep."
 	case "auth":
 		switch {
-		case opAppPasswordSuspected(msg):
-			return "Two-factor / app password suspected", "error",
-				"The login" + at + " was refused and the account probably has two-factor login. Have the member create an app password in the provider's webmail and store it as their credential (member page, or pecgate vault import), or disable two-factor login for IMAP. The copy retries within the hour."
-		case strings.Contains(strings.ToLower(msg), "no credential"):
+		case opAppPasswordSuspected(msg, appPasswords):
+			action = "The login" + at + " was refused and the account probably has two-factor login, which wants an app password. Have the member create one in the provider's webmail and store it as their credential (member page, or pecgate vault import), or turn two-factor login off for IMAP."
+			if _, op := opProviderOf(msg); strings.HasPrefix(op, "master ") {
+				action += " First rule out the master login itself: [providers] master_user and master_password_file."
+			}
+			return "Two-factor / app password suspected", "error", action + " The copy retries within the hour."
+		case strings.Contains(strings.ToLower(msg), "no vault credentials"), strings.Contains(strings.ToLower(msg), "empty username or password"):
 			return "No credentials in the vault", "error",
 				"Import the member's username and password" + at + " with pecgate vault import (or the member sets them on the member page). The copy retries within the hour."
 		default:
@@ -532,18 +543,23 @@ func opProblemAdvice(kind, msg, hint string) (title, severity, action string) {
 	return kind, "warn", strings.ToUpper(hint[:1]) + hint[1:]
 }
 
-// opProviderOf returns the provider a backend error names ("NAME login:
-// ..."), or "".
-func opProviderOf(msg string) string {
-	name, rest, ok := strings.Cut(msg, " ")
-	if !ok || name == "" || strings.ContainsAny(name, ":()") {
-		return ""
+// opProviderOf returns the provider and the step a backend error names
+// ("NAME master login: ..."), or "" when msg is not one.
+func opProviderOf(msg string) (provider, op string) {
+	head, _, ok := strings.Cut(msg, ":")
+	if !ok {
+		return "", ""
 	}
-	op, _, ok := strings.Cut(rest, ":")
-	if !ok || strings.Contains(op, " ") && !strings.HasPrefix(op, "smtp ") {
-		return ""
+	f := strings.Fields(head)
+	if len(f) < 2 || len(f) > 4 {
+		return "", ""
 	}
-	return name
+	for _, w := range f[1:] {
+		if strings.ToLower(w) != w || strings.ContainsAny(w, "()[]") {
+			return "", ""
+		}
+	}
+	return f[0], strings.Join(f[1:], " ")
 }
 
 func opOrThe(provider string) string {
@@ -551,6 +567,16 @@ func opOrThe(provider string) string {
 		return ""
 	}
 	return " (" + provider + ")"
+}
+
+// appPasswords reports whether provider is configured as wanting app
+// passwords with two-factor login (app_passwords, the aruba preset).
+func (s *server) appPasswords(provider string) bool {
+	if s.Config == nil {
+		return false
+	}
+	p := s.Config.Providers[provider]
+	return p != nil && p.AppPasswords
 }
 
 // opFlipOptions are the changes the page offers for d: those the rules

@@ -33,9 +33,15 @@ type pageFixture struct {
 
 func newPageFixture(t *testing.T) *pageFixture {
 	t.Helper()
-	cfg, err := config.Parse([]byte(testConfig), "admin.toml")
+	// infocert, the new provider, wants app passwords with two-factor
+	// login, as the aruba preset does.
+	conf := strings.Replace(testConfig, "smtp = \"smtps://new.test\"\n", "smtp = \"smtps://new.test\"\napp_passwords = true\n", 1)
+	cfg, err := config.Parse([]byte(conf), "admin.toml")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !cfg.Providers["infocert"].AppPasswords {
+		t.Fatal("testConfig changed: infocert has no app_passwords")
 	}
 	db, err := bolt.Open(t.TempDir())
 	if err != nil {
@@ -49,7 +55,7 @@ func newPageFixture(t *testing.T) *pageFixture {
 	f := &pageFixture{db: db, router: r, log: &lockedBuffer{}}
 	h := admin.NewHistory(admin.HistoryOptions{Router: r, Store: db})
 	f.srv = httptest.NewServer(admin.New(admin.Options{
-		Router: r, Token: token, Store: db, History: h,
+		Router: r, Token: token, Store: db, History: h, Config: cfg,
 		Log: slog.New(slog.NewTextHandler(f.log, nil)),
 	}))
 	t.Cleanup(f.srv.Close)
@@ -532,6 +538,12 @@ func TestPageNumbers(t *testing.T) {
 		&store.Progress{User: at("g.upstream"), State: "copying", MessagesDone: 1, MessagesTotal: 10, Updated: now, Errors: []store.ProgressError{
 			{Kind: "upstream", At: now, Message: "aruba fetch: connection reset"}, {Kind: "upstream", At: now, Message: "aruba fetch: i/o timeout"}}},
 		&store.Progress{User: at("h.login"), State: "needs-login", Updated: now},
+		&store.Progress{User: at("i.master"), State: "failed", Updated: now, Errors: []store.ProgressError{{Kind: "auth", At: now,
+			Message: "infocert master login: backend: upstream refused the credentials: [AUTHORIZATIONFAILED] Authorization failed (master user master acting for i.master@pec.ordine.example, master_style sasl: a wrong master password (master_password_file /etc/pecgate/infocert.master), or no such user there)"}}},
+		&store.Progress{User: at("j.oldmaster"), State: "failed", Updated: now, Errors: []store.ProgressError{{Kind: "auth", At: now,
+			Message: "aruba master login: backend: upstream refused the credentials: [AUTHORIZATIONFAILED] Authorization failed (master user master acting for j.oldmaster@pec.ordine.example, master_style sasl: a wrong master password (master_password_file /etc/pecgate/aruba.master), or no such user there)"}}},
+		&store.Progress{User: at("k.novault"), State: "failed", Updated: now, Errors: []store.ProgressError{{Kind: "auth", At: now,
+			Message: "aruba vault: backend: no vault credentials for the user on this provider (import credentials for k.novault@pec.ordine.example with pecgate vault import)"}}},
 	)
 	b := f.browser(t)
 	b.login(t)
@@ -554,8 +566,8 @@ func TestPageNumbers(t *testing.T) {
 			t.Errorf("the page's %s section lacks %q", pageDomain, want)
 		}
 	}
-	if p.MembersTotal != 8 || p.MessagesDone != 1610 {
-		t.Fatalf("API progress %+v; the fixture wants 8 members, 1610 messages done", p)
+	if p.MembersTotal != 11 || p.MessagesDone != 1610 {
+		t.Fatalf("API progress %+v; the fixture wants 11 members, 1610 messages done", p)
 	}
 	for user, want := range map[string]string{
 		"c.twofactor": "Two-factor / app password suspected",
@@ -564,6 +576,9 @@ func TestPageNumbers(t *testing.T) {
 		"f.oversize":  "Message over the size limit",
 		"g.upstream":  "Provider error",
 		"h.login":     "Waiting for the member",
+		"i.master":    "Two-factor / app password suspected", // infocert has app_passwords
+		"j.oldmaster": "Login refused",                       // aruba has not
+		"k.novault":   "No credentials in the vault",
 	} {
 		i := strings.Index(section, `data-user="`+at(user)+`"`)
 		if i < 0 {

@@ -55,7 +55,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 	if err != nil {
 		return "", nil, err
 	}
-	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics}
+	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics, Config: cfg}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -363,4 +364,80 @@ func TestStatusPageBrowser(t *testing.T) {
 	}
 	u, _ := url.Parse(base)
 	t.Logf("admin at %s; screenshots in %s", u.Host, artifacts)
+}
+
+// TestStatusPageTwoFactor checks, against real Dovecot, that a member whose
+// new provider refuses pecgate's master login, on a provider known to want
+// app passwords with two-factor login (app_passwords, as the aruba preset
+// sets), is listed on the status page as "two-factor / app password
+// suspected", with what to do. The member logs in while the domain is in
+// state old (old is passthrough: the gateway learns the password), the
+// domain then goes to migrating, and new, which has no such account,
+// refuses the master login of the back-fill.
+func TestStatusPageTwoFactor(t *testing.T) {
+	dovetest.Require(t)
+	bin := buildPecgate(t)
+	const domain = "example.org"
+	member := e2eUser
+	old := dovetest.Start(t, dovetest.Options{Name: "old", Users: []dovetest.User{{Address: member}}})
+	nw := dovetest.Start(t, dovetest.Options{Name: "new", Users: []dovetest.User{{Address: "someone.else@example.org"}}})
+	s := newBFSetup(t, old, nw, "app_passwords = true\n")
+	data, err := os.ReadFile(s.configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(data), "state = \"migrating\"\n") != 1 {
+		t.Fatalf("the configuration's domain state is not where this test expects it:\n%s", data)
+	}
+	if err := os.WriteFile(s.configPath, []byte(strings.Replace(string(data), "state = \"migrating\"\n", "state = \"old\"\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startServe(t, bin, s.e2eSetup)
+	c := s.login(t, member, old.Password(member))
+	c.Logout().Wait()
+
+	req, err := http.NewRequest(http.MethodPut, "http://"+s.adminAddr+"/api/v1/domains/"+domain, strings.NewReader(`{"state":"migrating"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT %s migrating: %s", domain, resp.Status)
+	}
+	p := bfWaitProgress(t, s, member, bfQuotaTimeout, "a refused login", func(p *store.Progress) bool {
+		return slices.ContainsFunc(p.Errors, func(e store.ProgressError) bool { return e.Kind == "auth" })
+	})
+	t.Logf("progress: %s, errors %+v", p.State, p.Errors)
+
+	// The page, read with the bearer token as a script would.
+	req, err = http.NewRequest(http.MethodGet, "http://"+s.adminAddr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /: %s %v", resp.Status, err)
+	}
+	i := strings.Index(string(page), `data-user="`+member+`"`)
+	if i < 0 {
+		t.Fatalf("the page does not list %s among the problems:\n%s", member, page)
+	}
+	row := string(page[i:])
+	row = row[:strings.Index(row, "</tr>")]
+	for _, want := range []string{"Two-factor / app password suspected", "create one in the provider&#39;s webmail", "rule out the master login", "new master login: "} {
+		if !strings.Contains(row, want) {
+			t.Errorf("the row of %s lacks %q:\n%s", member, want, row)
+		}
+	}
 }
