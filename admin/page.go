@@ -520,10 +520,15 @@ func opProblemAdvice(kind, msg, hint string, appPasswords func(provider string) 
 		case strings.Contains(strings.ToLower(msg), "no vault credentials"), strings.Contains(strings.ToLower(msg), "empty username or password"):
 			return "No credentials in the vault", "error",
 				"Import the member's username and password" + at + " with pecgate vault import (or the member sets them on the member page). The copy retries within the hour."
-		default:
-			return "Login refused", "error",
-				"The provider" + opOrThe(provider) + " refused the master or vault credentials: check [providers] master_user / master_password_file, or the member's vault entry. The copy retries within the hour; pecgate never retries a refused password at once (no lock-outs)."
 		}
+		const retry = " The copy retries within the hour; pecgate never retries a refused password at once (no lock-outs)."
+		switch _, op := opProviderOf(msg); {
+		case strings.HasPrefix(op, "master "):
+			return "Login refused", "error", "The provider" + opOrThe(provider) + " refused pecgate's master login for this member: check [providers] master_user and master_password_file, and that the account exists there." + retry
+		case strings.HasPrefix(op, "vault "):
+			return "Login refused", "error", "The provider" + opOrThe(provider) + " refused the member's credentials from the vault: import current ones with pecgate vault import (or the member sets them on the member page)." + retry
+		}
+		return "Login refused", "error", "The provider" + opOrThe(provider) + " refused the member's password, which may have changed: the copy waits for the member's next login through pecgate." + retry
 	case "quota":
 		return "New mailbox full", "error",
 			"Raise the member's quota at the new provider (or have old mail deleted); the copy resumes by itself within 30 minutes."
