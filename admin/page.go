@@ -662,7 +662,7 @@ func opFlipEffects(from, to, old, nw string) []string {
 		return []string{
 			"Clients keep their UIDs: pecgate freezes what they know and serves the union of " + old + " and " + nw + ".",
 			"The back-fill starts copying every member's mail from " + old + " to " + nw + " in the background, byte for byte.",
-			"Connected sessions follow the change; nobody is disconnected. " + old + " is only read from now on.",
+			"Connected sessions follow the change; nobody is disconnected. From now on pecgate only reads from " + old + ".",
 		}
 	case to == config.StateMigrating && from == config.StateNew:
 		return []string{"Clients are served the union of " + old + " and " + nw + " again; the back-fill resumes."}
