@@ -6,7 +6,7 @@
 //	GET /healthz                     200 "ok": the process answers; no token
 //	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
 //	GET /metrics                     Prometheus text format (Options.Metrics); 501 when not kept
-//	GET /                            a plain HTML page: domains and states; no token
+//	GET /                            the status page (page.go); the admin token through a login form and a session cookie
 //	GET /api/v1/domains              every served domain (DomainList), with its copy progress (DomainProgress)
 //	GET /api/v1/domains/{domain}     one domain, its user overrides, its progress and the members with problems (Domain)
 //	PUT /api/v1/domains/{domain}     {"state":"migrating","force":false} (StateRequest) -> ChangeResult
@@ -45,6 +45,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/pecgate/pecgate/config"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -84,6 +85,12 @@ type Options struct {
 	// Credentials lets a member whose new provider uses vault credentials
 	// set them on the member page. nil: no such form.
 	Credentials CredentialSetter
+	// History is the copy history the status page charts (its owner runs
+	// History.Run). nil: the page shows no chart.
+	History *History
+	// Config is the gateway's configuration; the status page reads the
+	// providers' quirks from it (app_passwords). nil: none known.
+	Config *config.Config
 }
 
 // maxBody bounds a PUT body.

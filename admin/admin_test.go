@@ -143,7 +143,7 @@ func TestRequests(t *testing.T) {
 		{name: "healthz POST", method: "POST", path: "/healthz", status: 405, allow: "GET", wantJSON: &admin.Error{Message: "method POST not allowed on /healthz; allowed: GET"}},
 		{name: "readyz without Ready", method: "GET", path: "/readyz", status: 200, want: "ok"},
 		{name: "metrics not kept", method: "GET", path: "/metrics", status: 501, want: `not kept`},
-		{name: "page", method: "GET", path: "/", status: 200, want: "<td>pec.ordine.example</td>"},
+		{name: "page without a session", method: "GET", path: "/", status: 200, want: `id="login-form"`},
 		{name: "unknown page", method: "GET", path: "/nothing", status: 404, want: `"error": "no such path: /nothing"`},
 		{name: "no token", method: "GET", path: "/api/v1/domains", status: 401, want: `"error": "missing or wrong bearer token`},
 		{name: "wrong token", method: "GET", path: "/api/v1/domains", auth: "Bearer nope", status: 401, want: `missing or wrong bearer token`},

@@ -368,6 +368,52 @@ func (r *Router) ClearUser(ctx context.Context, user string, force bool) (*Chang
 	return c, nil
 }
 
+// Preview is what SetDomain would do, as PreviewDomain answers it.
+type Preview struct {
+	// Change is the change SetDomain would make: with force when Refused is
+	// set (Forced true, Uncopied what would be left behind), without
+	// otherwise.
+	Change
+	// Refused is why the transition rules refuse the change without force,
+	// or nil when SetDomain would make it as asked. Its Uncopied is the
+	// count the refusal would carry.
+	Refused *RefusedError
+}
+
+// PreviewDomain says what SetDomain(ctx, domain, state, force) would do,
+// changing nothing: it applies the same rules with the same count of
+// messages not yet in new (Router.Uncopied). Errors are SetDomain's
+// (ErrUnknownDomain, ErrBadState, ErrNoNewProvider, a failed count); a
+// refusal is not an error but Preview.Refused. The answer may be stale the
+// moment it is returned: the change itself checks again.
+func (r *Router) PreviewDomain(ctx context.Context, domain, state string) (*Preview, error) {
+	r.chg.Lock()
+	defer r.chg.Unlock()
+	d, err := r.lookupDomain(domain)
+	if err != nil {
+		return nil, err
+	}
+	from, _ := r.domainState(d)
+	p := &Preview{Change: Change{Kind: OverrideDomain, Name: d.Name, From: from, To: state}}
+	if cur, ok := r.domains[d.Name]; ok && cur == state {
+		return p, nil
+	}
+	err = r.check(ctx, d, "", &p.Change, false)
+	var re *RefusedError
+	if !errors.As(err, &re) {
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	p.Refused = re
+	p.Change = Change{Kind: OverrideDomain, Name: d.Name, From: from, To: state}
+	if err := r.check(ctx, d, "", &p.Change, true); err != nil {
+		return nil, err // force lifts every refusal; anything else is SetDomain's error too
+	}
+	return p, nil
+}
+
 // check applies the transition rules to c (From -> To) for domain d, or for
 // user of d when user != "", and fills c.Forced and c.Uncopied.
 func (r *Router) check(ctx context.Context, d *config.Domain, user string, c *Change, force bool) error {

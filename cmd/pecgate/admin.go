@@ -63,9 +63,13 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 		return "", nil, err
 	}
 	opts := admin.Options{Router: router, Token: token, Log: log, Store: st, Metrics: deps.Metrics, Preflight: deps.Preflight,
-		MemberAuth: deps.MemberAuth, Credentials: deps.Credentials}
+		MemberAuth: deps.MemberAuth, Credentials: deps.Credentials, Config: cfg}
 	if st != nil || backends != nil {
 		opts.Ready = ready(router, st, backends)
+	}
+	if st != nil {
+		// The status page's chart: samples of the copy, every 30 s.
+		opts.History = admin.NewHistory(admin.HistoryOptions{Router: router, Store: st, Log: log})
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -88,6 +92,13 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 		}
 	}()
 	ctx, cancel := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		if opts.History != nil {
+			opts.History.Run(ctx)
+		}
+	}()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
@@ -99,7 +110,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 			srv.Close()
 		}
 	}()
-	return ln.Addr().String(), func() { cancel(); <-shut; <-done }, nil
+	return ln.Addr().String(), func() { cancel(); <-shut; <-done; <-sampled }, nil
 }
 
 // readToken reads the admin bearer token from path.
