@@ -181,6 +181,29 @@ func route(args []string, in io.Reader, tty bool, stdout, stderr io.Writer) erro
 		plan += ", forced"
 	}
 	fmt.Fprintln(stdout, plan)
+	if !isUser {
+		// What the flip would do, before anyone confirms it: the same
+		// rules and count the change itself uses.
+		p, err := c.PreviewDomain(ctx, target, state)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !p.Allowed && !*force:
+			return refusal(&admin.Error{Status: 409, Message: p.Reason, Uncopied: max(p.Uncopied, 0), Forceable: p.Forceable}, target)
+		case !p.Allowed:
+			fmt.Fprintf(stdout, "  refused without -force: %s\n", p.Reason)
+		}
+		switch {
+		case state != config.StateNew:
+		case p.Uncopied > 0:
+			fmt.Fprintf(stdout, "  %d messages are not yet in new and would be left behind (clients see only what is in new)\n", p.Uncopied)
+		case p.Uncopied < 0:
+			fmt.Fprintln(stdout, "  nobody can tell how many messages would be left behind")
+		default:
+			fmt.Fprintln(stdout, "  every message is in new: nothing is left behind")
+		}
+	}
 
 	if !*yes {
 		if !tty {
@@ -201,17 +224,7 @@ func route(args []string, in io.Reader, tty bool, stdout, stderr io.Writer) erro
 	}
 	var ae *admin.Error
 	if errors.As(err, &ae) && ae.Status == 409 {
-		msg := "refused: " + ae.Message
-		if ae.Uncopied > 0 {
-			msg += fmt.Sprintf("\n%d messages are not yet in new; the back-fill is still copying (see pecgate status %s)", ae.Uncopied, target)
-		}
-		if ae.Forceable {
-			msg += "\nrun again with -force to do it anyway"
-			if ae.Uncopied > 0 {
-				msg += " (clients then see only what is already in new)"
-			}
-		}
-		return errors.New(msg)
+		return refusal(ae, target)
 	}
 	if err != nil {
 		return err
@@ -232,4 +245,20 @@ func route(args []string, in io.Reader, tty bool, stdout, stderr io.Writer) erro
 		}
 	}
 	return nil
+}
+
+// refusal is the error `pecgate route` ends with when the gateway refuses
+// (or would refuse) a change: why, and what to do next.
+func refusal(ae *admin.Error, target string) error {
+	msg := "refused: " + ae.Message
+	if ae.Uncopied > 0 {
+		msg += fmt.Sprintf("\n%d messages are not yet in new; the back-fill is still copying (see pecgate status %s)", ae.Uncopied, target)
+	}
+	if ae.Forceable {
+		msg += "\nrun again with -force to do it anyway"
+		if ae.Uncopied > 0 {
+			msg += " (clients then see only what is already in new)"
+		}
+	}
+	return errors.New(msg)
 }

@@ -226,6 +226,30 @@ func TestRoute(t *testing.T) {
 			args: []string{"-y", dom, "new"}, code: 1,
 			stderr: "refused: pec.ordine.example: 12 messages are not yet in new\n12 messages are not yet in new; the back-fill is still copying (see pecgate status pec.ordine.example)\nrun again with -force",
 			check:  dom, state: "migrating"},
+		{name: "refused before anyone is asked",
+			setup: func(t *testing.T, s *adminSetup) {
+				s.router.SetDomain(context.Background(), dom, "migrating", false)
+				s.router.Uncopied = func(context.Context, string, string) (int, error) { return 12, nil }
+			},
+			args: []string{dom, "new"}, tty: true, stdin: "y\n", code: 1,
+			stdout: []string{"migrating -> new\n"},
+			stderr: "refused: pec.ordine.example: 12 messages are not yet in new", check: dom, state: "migrating"},
+		{name: "forced: the preview says what is left behind, then asks",
+			setup: func(t *testing.T, s *adminSetup) {
+				s.router.SetDomain(context.Background(), dom, "migrating", false)
+				s.router.Uncopied = func(context.Context, string, string) (int, error) { return 12, nil }
+			},
+			args: []string{"-force", dom, "new"}, tty: true, stdin: "n\n", code: 1,
+			stdout: []string{"migrating -> new, forced\n", "refused without -force: pec.ordine.example: 12 messages are not yet in new\n",
+				"12 messages are not yet in new and would be left behind", "Proceed? [y/N] "},
+			stderr: "cancelled; nothing changed", check: dom, state: "migrating"},
+		{name: "nothing left behind",
+			setup: func(t *testing.T, s *adminSetup) {
+				s.router.SetDomain(context.Background(), dom, "migrating", false)
+				s.router.Uncopied = func(context.Context, string, string) (int, error) { return 0, nil }
+			},
+			args: []string{"-y", dom, "new"}, code: 0,
+			stdout: []string{"migrating -> new\n", "every message is in new: nothing is left behind\n", "now new\n"}, check: dom, state: "new"},
 		{name: "migrating to new forced",
 			setup: func(t *testing.T, s *adminSetup) {
 				s.router.SetDomain(context.Background(), dom, "migrating", false)
