@@ -285,6 +285,21 @@ func (e *Engine) Touch(user string) {
 	e.poke()
 }
 
+// Retry says user's credentials changed (a member set their vault
+// credentials on the member page, an operator imported new ones): the
+// user's next pass starts now, not when the back-off after the last
+// refusal ends.
+func (e *Engine) Retry(user string) {
+	if user == "" {
+		return
+	}
+	e.mu.Lock()
+	s := e.sched(store.CanonicalUser(user))
+	s.next, s.lastEnd = time.Time{}, time.Time{}
+	e.mu.Unlock()
+	e.poke()
+}
+
 // forget drops a password a provider refused.
 func (e *Engine) forget(u, password string) {
 	e.mu.Lock()

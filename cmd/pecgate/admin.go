@@ -79,7 +79,7 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 		Handler:           admin.New(opts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      60 * time.Second, // a member-page login may wait 45 s for a provider
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

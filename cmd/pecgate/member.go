@@ -122,7 +122,13 @@ func (v *vaultSetter) SetCredential(ctx context.Context, ip, user, username, pas
 	}
 	v.log.Info("vault credentials stored", "user", user, "provider", rt.New, "by", "member", "remote", ip)
 	if v.backfill != nil && rt.State == config.StateMigrating {
-		v.backfill.Touch(user)
+		// The copy that waited for these credentials starts now (the
+		// engine's Retry), not after its back-off.
+		if r, ok := v.backfill.(interface{ Retry(string) }); ok {
+			r.Retry(user)
+		} else {
+			v.backfill.Touch(user)
+		}
 	}
 	return nil
 }
