@@ -529,6 +529,9 @@ func opProblemAdvice(kind, msg, hint string, appPasswords func(provider string) 
 			return "Login refused", "error", "The provider" + opOrThe(provider) + " refused the member's credentials from the vault: import current ones with pecgate vault import (or the member sets them on the member page)." + retry
 		}
 		return "Login refused", "error", "The provider" + opOrThe(provider) + " refused the member's password, which may have changed: the copy waits for the member's next login through pecgate." + retry
+	case "no-credential":
+		return "No credentials in the vault", "error",
+			"Import the member's username and password" + at + " with pecgate vault import, or the member sets them on the member page (/me): the copy starts again as soon as they are saved there, else within the hour."
 	case "quota":
 		return "New mailbox full", "error",
 			"Raise the member's quota at the new provider (or have old mail deleted); the copy resumes by itself within 30 minutes."

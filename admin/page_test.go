@@ -544,6 +544,9 @@ func TestPageNumbers(t *testing.T) {
 			Message: "aruba master login: backend: upstream refused the credentials: [AUTHORIZATIONFAILED] Authorization failed (master user master acting for j.oldmaster@pec.ordine.example, master_style sasl: a wrong master password (master_password_file /etc/pecgate/aruba.master), or no such user there)"}}},
 		&store.Progress{User: at("k.novault"), State: "failed", Updated: now, Errors: []store.ProgressError{{Kind: "auth", At: now,
 			Message: "aruba vault: backend: no vault credentials for the user on this provider (import credentials for k.novault@pec.ordine.example with pecgate vault import)"}}},
+		// The kind the engine writes since it tells a missing credential apart.
+		&store.Progress{User: at("l.nocred"), State: "failed", Updated: now, Errors: []store.ProgressError{{Kind: "no-credential", At: now,
+			Message: "aruba vault: backend: no vault credentials for the user on this provider (import credentials for l.nocred@pec.ordine.example with pecgate vault import)"}}},
 	)
 	b := f.browser(t)
 	b.login(t)
@@ -566,8 +569,8 @@ func TestPageNumbers(t *testing.T) {
 			t.Errorf("the page's %s section lacks %q", pageDomain, want)
 		}
 	}
-	if p.MembersTotal != 11 || p.MessagesDone != 1610 {
-		t.Fatalf("API progress %+v; the fixture wants 11 members, 1610 messages done", p)
+	if p.MembersTotal != 12 || p.MessagesDone != 1610 {
+		t.Fatalf("API progress %+v; the fixture wants 12 members, 1610 messages done", p)
 	}
 	for user, want := range map[string]string{
 		"c.twofactor": "Two-factor / app password suspected",
@@ -579,6 +582,7 @@ func TestPageNumbers(t *testing.T) {
 		"i.master":    "Two-factor / app password suspected", // infocert has app_passwords
 		"j.oldmaster": "Login refused",                       // aruba has not
 		"k.novault":   "No credentials in the vault",
+		"l.nocred":    "No credentials in the vault",
 	} {
 		i := strings.Index(section, `data-user="`+at(user)+`"`)
 		if i < 0 {

@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	gosync "sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -184,7 +185,8 @@ func (d *Demo) writeConfig() error {
 
 // startPhones starts a simulated mail client for every member with Phone
 // set: it logs in through the gateway's IMAPS listener at once and then
-// every PhoneInterval, until ctx ends. Close waits for them.
+// every PhoneInterval, until ctx ends; it returns after the first logins.
+// Close waits for them.
 func (d *Demo) startPhones(ctx context.Context, log *slog.Logger) {
 	addr := d.Addrs["imaps"]
 	if addr == "" {
@@ -193,18 +195,26 @@ func (d *Demo) startPhones(ctx context.Context, log *slog.Logger) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(d.gw.CertPEM)
 	tc := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+	// The first visits are over before startPhones returns, so that the
+	// gateway knows these members' passwords by the time the demo tells
+	// what to try: the story does not depend on who types faster.
+	var first gosync.WaitGroup
 	for _, u := range Users {
 		if !u.Phone {
 			continue
 		}
 		d.phones.Add(1)
+		first.Add(1)
 		go func() {
 			defer d.phones.Done()
 			t := time.NewTicker(PhoneInterval)
 			defer t.Stop()
-			for {
+			for i := 0; ; i++ {
 				if err := checkMail(ctx, addr, tc, u.Address, u.OldPassword); err != nil && ctx.Err() == nil {
-					log.Debug("demo phone: check failed", "user", u.Address, "err", err)
+					log.Warn("demo phone: check failed", "user", u.Address, "err", err)
+				}
+				if i == 0 {
+					first.Done()
 				}
 				select {
 				case <-ctx.Done():
@@ -214,6 +224,7 @@ func (d *Demo) startPhones(ctx context.Context, log *slog.Logger) {
 			}
 		}()
 	}
+	first.Wait()
 }
 
 // checkMail is one visit of a phone: LOGIN, SELECT INBOX, LOGOUT.
