@@ -336,6 +336,10 @@ type folderView struct {
 	Role   *text
 	Copied int64
 	Mapped bool // the folder has a UID map: Copied is known
+	// Total is the folder's messages that belong in new, as the last copy
+	// pass counted them (Counted); Done the copied ones it counted.
+	Total, Done int64
+	Counted     bool
 }
 
 type problemView struct {
@@ -651,7 +655,7 @@ func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error
 		v.Problems = problemViews(v.Progress.Errors)
 	}
 	v.Phase, v.Safe = phaseText(rt, v.Progress)
-	v.Folders = folderViews(fm, maps)
+	v.Folders = folderViews(fm, maps, prog)
 	return v, nil
 }
 
@@ -763,9 +767,9 @@ var roles = map[string]text{
 
 // folderViews lists the member's folders, INBOX first: those of the
 // folder map and those with a UID map, with the messages copied to new
-// (known for those with a UID map). The store keeps no per-folder total:
-// the engine counts only the member's whole mailbox.
-func folderViews(fm *store.FolderMap, maps map[string]*store.Map) []folderView {
+// (known for those with a UID map), and the copy pass's counts of each
+// folder when prog has them.
+func folderViews(fm *store.FolderMap, maps map[string]*store.Map, prog *store.Progress) []folderView {
 	seen := map[string]*folderView{}
 	var names []string
 	add := func(name string) *folderView {
@@ -789,6 +793,12 @@ func folderViews(fm *store.FolderMap, maps map[string]*store.Map) []folderView {
 	for name, mp := range maps {
 		f := add(name)
 		f.Copied, f.Mapped = copiedIn(mp), true
+	}
+	if prog != nil {
+		for _, fp := range prog.Folders {
+			f := add(fp.Name)
+			f.Total, f.Done, f.Counted = fp.MessagesTotal, fp.MessagesDone, true
+		}
 	}
 	slices.SortFunc(names, func(a, b string) int {
 		switch {

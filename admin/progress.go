@@ -101,6 +101,9 @@ type UserProgress struct {
 	// unknown.
 	ETASeconds *int64          `json:"eta_seconds,omitempty"`
 	Errors     []ProgressError `json:"errors,omitempty"`
+	// Folders are the counts per old folder (its name on old, mUTF-7 as
+	// IMAP writes it) as the last pass counted them; absent until then.
+	Folders []FolderProgress `json:"folders,omitempty"`
 	// Updated is when the engine last wrote the record.
 	Updated time.Time `json:"updated"`
 }
@@ -156,6 +159,13 @@ type DomainProgress struct {
 // Settled reports whether nothing is left to copy: every member done.
 func (d *DomainProgress) Settled() bool {
 	return d.MembersTotal > 0 && d.Members[PhaseDone] == d.MembersTotal
+}
+
+// FolderProgress is one folder's share of a UserProgress.
+type FolderProgress struct {
+	Name          string `json:"name"`
+	MessagesDone  int64  `json:"messages_done"`
+	MessagesTotal int64  `json:"messages_total"`
 }
 
 // MemberProblem is a member whose copy needs attention: stopped (quota,
@@ -275,6 +285,9 @@ func (s *server) userDoc(p *store.Progress) *UserProgress {
 		MessagesDone: p.MessagesDone, MessagesTotal: p.MessagesTotal,
 		BytesDone: p.BytesDone, BytesTotal: p.BytesTotal,
 		Updated: p.Updated,
+	}
+	for _, f := range p.Folders {
+		doc.Folders = append(doc.Folders, FolderProgress{Name: f.Name, MessagesDone: f.MessagesDone, MessagesTotal: f.MessagesTotal})
 	}
 	for _, e := range p.Errors {
 		doc.Errors = append(doc.Errors, ProgressError{

@@ -383,6 +383,17 @@ type Progress struct {
 	BytesTotal    int64           `json:"bytes_total"`
 	Errors        []ProgressError `json:"errors,omitempty"` // the caller bounds its length
 	Updated       time.Time       `json:"updated"`
+	// Folders are the same counts per old folder (its name on old, as the
+	// UID maps key it), as the last pass counted them; absent in records
+	// written before per-folder counts were kept.
+	Folders []FolderProgress `json:"folders,omitempty"`
+}
+
+// FolderProgress is one folder's share of a Progress.
+type FolderProgress struct {
+	Name          string `json:"name"`
+	MessagesDone  int64  `json:"messages_done"`
+	MessagesTotal int64  `json:"messages_total"`
 }
 
 // ProgressError is one problem met while copying a user's mail.

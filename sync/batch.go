@@ -181,8 +181,7 @@ func (p *pass) copyBatch(f *folder, msgs []*oldMsg) (rest []*oldMsg, noUID bool,
 		_, n, ok := entry.M.Lookup(o.v)
 		switch {
 		case !ok:
-			p.prog.MessagesTotal--
-			p.prog.BytesTotal -= o.Size
+			p.notDue(o)
 			continue
 		case n != 0:
 			p.done(o)

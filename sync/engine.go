@@ -866,22 +866,32 @@ func (p *pass) run() error {
 		return p.ctxOr(err)
 	}
 	var total, done, bytes, bytesDone int64
-	for _, f := range p.folders {
+	// The per-folder counts: allocated whole first, so that the messages'
+	// pointers into it (oldMsg.fp) stay valid.
+	folders := make([]store.FolderProgress, len(p.folders))
+	for i, f := range p.folders {
+		fp := &folders[i]
+		fp.Name = f.Old
 		if sum, ok := p.unchanged(f); ok {
 			total, done = total+sum.total, done+sum.total
 			bytes, bytesDone = bytes+sum.bytes, bytesDone+sum.bytes
+			fp.MessagesTotal, fp.MessagesDone = sum.total, sum.total
 			continue
 		}
 		if err := p.scanFolder(f); err != nil {
 			return p.ctxOr(fmt.Errorf("count %q: %w", f.Old, err))
 		}
 		for _, o := range f.msgs {
+			o.fp = fp
 			total, bytes = total+1, bytes+o.Size
+			fp.MessagesTotal++
 			if o.copied {
 				done, bytesDone = done+1, bytesDone+o.Size
+				fp.MessagesDone++
 			}
 		}
 	}
+	p.prog.Folders = folders
 	p.prog.MessagesTotal, p.prog.MessagesDone = total, done
 	p.prog.BytesTotal, p.prog.BytesDone = bytes, bytesDone
 	p.prog.State = StateCopying
@@ -1358,8 +1368,7 @@ func (p *pass) prepare(f *folder, ix *adoptIndex, o *oldMsg) (bool, error) {
 	f.entry.Unlock()
 	switch {
 	case !ok: // expunged by the user meanwhile: no longer due
-		p.prog.MessagesTotal--
-		p.prog.BytesTotal -= o.Size
+		p.notDue(o)
 		return false, nil
 	case n != 0: // copied by a session meanwhile
 		p.done(o)
@@ -1404,10 +1413,22 @@ func (p *pass) copySingle(f *folder, o *oldMsg) error {
 	return nil
 }
 
+// notDue takes o, expunged by the user meanwhile, out of the counts.
+func (p *pass) notDue(o *oldMsg) {
+	p.prog.MessagesTotal--
+	p.prog.BytesTotal -= o.Size
+	if o.fp != nil {
+		o.fp.MessagesTotal--
+	}
+}
+
 func (p *pass) done(o *oldMsg) {
 	o.copied = true
 	p.prog.MessagesDone++
 	p.prog.BytesDone += o.Size
+	if o.fp != nil {
+		o.fp.MessagesDone++
+	}
 	p.sinceSave++
 	p.save(false)
 }

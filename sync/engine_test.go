@@ -767,6 +767,18 @@ func TestUncopiedAndScheduling(t *testing.T) {
 	if !slices.Equal(kinds(p), []string{KindOversize}) || p.Errors[0].Mailbox != "Pratiche.Città" {
 		t.Errorf("errors %+v, want one oversize in Pratiche.Città", p.Errors)
 	}
+	// Per folder: the sums are the user's, and the oversize message is
+	// the one left in its folder.
+	var fDone, fTotal int64
+	for _, f := range p.Folders {
+		fDone, fTotal = fDone+f.MessagesDone, fTotal+f.MessagesTotal
+		if want := f.MessagesTotal - btoi(f.Name == "Pratiche.Città"); f.MessagesDone != want {
+			t.Errorf("folder %s: %d of %d copied, want %d", f.Name, f.MessagesDone, f.MessagesTotal, want)
+		}
+	}
+	if fDone != p.MessagesDone || fTotal != p.MessagesTotal {
+		t.Errorf("per-folder sums %d of %d, the user's %d of %d: %+v", fDone, fTotal, p.MessagesDone, p.MessagesTotal, p.Folders)
+	}
 	if n, err := r.eng.Uncopied(ctx, "", testUser); err != nil || n != 1 {
 		t.Errorf("Uncopied(user) = %d, %v; want 1", n, err)
 	}
@@ -828,6 +840,9 @@ func TestRunFollowsFlip(t *testing.T) {
 	}
 	if p == nil || p.State != StateDone || p.MessagesDone != 10 {
 		t.Fatalf("progress %+v, want done 10", p)
+	}
+	if i := slices.IndexFunc(p.Folders, func(f store.FolderProgress) bool { return f.Name == "INBOX" }); i < 0 || p.Folders[i].MessagesDone != 10 || p.Folders[i].MessagesTotal != 10 {
+		t.Errorf("per-folder progress %+v, want INBOX 10 of 10", p.Folders)
 	}
 	cancel()
 	select {
@@ -926,4 +941,11 @@ func TestNewestFirst(t *testing.T) {
 	if len(newestFirst([]int(nil))) != 0 {
 		t.Error("chunks of nothing")
 	}
+}
+
+func btoi(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -61,7 +61,8 @@ type folder struct {
 type oldMsg struct {
 	msgMeta
 	v      store.UID
-	copied bool // the map gives it a new UID
+	copied bool                  // the map gives it a new UID
+	fp     *store.FolderProgress // its folder's counts in the pass's progress; nil: none kept
 }
 
 func hasAttr(l *imap.ListData, a imap.MailboxAttr) bool {

@@ -266,13 +266,13 @@ func TestMemberPage(t *testing.T) {
 			t.Errorf("anna's page lacks %q", want)
 		}
 	}
-	folders := regexp.MustCompile(`<tr><td>([^<]+?)(?: <small>.*?)?</td><td class="num">(\d+)</td></tr>`).FindAllStringSubmatch(body, -1)
+	folders := regexp.MustCompile(`<tr><td>([^<]+?)(?: <small>.*?)?</td><td class="num">(\d+ / \d+)</td></tr>`).FindAllStringSubmatch(body, -1)
 	got := map[string]string{}
 	for _, f := range folders {
 		got[f[1]] = f[2]
 	}
-	if got["INBOX"] != "4" || got["Pratiche"] != "2" {
-		t.Errorf("folders on the page %v, want INBOX 4 and Pratiche 2 copied", got)
+	if got["INBOX"] != "4 / 4" || got["Pratiche"] != "2 / 2" {
+		t.Errorf("folders on the page %v, want INBOX 4 / 4 and Pratiche 2 / 2 copied", got)
 	}
 	// The copy is real: new holds anna's 6 messages.
 	nc := m.new.Dial(t, mAnna)
