@@ -127,6 +127,11 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Store.URL != "" {
+		// Refused rather than silently served from the embedded store at
+		// store.path while the operator believes the state is in PostgreSQL.
+		return nil, errors.New("store.url: the PostgreSQL store is not available in this version; remove [store] url to use the embedded store at [store] path")
+	}
 	reg, mets := newMetrics()
 	backends.SetMetrics(mets)
 	st, err := bolt.Open(cfg.Store.Path)
