@@ -309,6 +309,16 @@ func (e *Engine) forget(u, password string) {
 	e.mu.Unlock()
 }
 
+// KnownPassword returns the member's own password the engine holds in
+// memory (learnt at their last login through the gateway, for a
+// passthrough provider), for checks that run inside the gateway
+// (preflight); ok is false when it holds none. It never leaves the
+// process.
+func (e *Engine) KnownPassword(user string) (password string, ok bool) {
+	pw := e.password(store.CanonicalUser(user))
+	return pw, pw != ""
+}
+
 func (e *Engine) password(u string) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -262,7 +262,7 @@ func gatewayAnswered(err error) bool {
 
 // gatewayPreflight is the admin API's preflight runner in a running
 // gateway: it checks with the gateway's store, vault and providers.
-func gatewayPreflight(cfg *config.Config, backends *backend.Set, st store.Store, secrets backend.Secrets, log *slog.Logger) admin.PreflightFunc {
+func gatewayPreflight(cfg *config.Config, backends *backend.Set, st store.Store, secrets backend.Secrets, known func(user string) (string, bool), log *slog.Logger) admin.PreflightFunc {
 	return func(ctx context.Context, domain string, req admin.PreflightRequest) (any, error) {
 		d := cfg.Domains[strings.ToLower(domain)]
 		switch {
@@ -274,16 +274,24 @@ func gatewayPreflight(cfg *config.Config, backends *backend.Set, st store.Store,
 		o := preflight.Options{Config: cfg, Backends: backends, Store: st, Secrets: secrets, Log: log,
 			Concurrency: req.Concurrency, NoCreate: req.NoCreate}
 		var users []string
+		// A password given with the request wins; else the one the
+		// back-fill learnt at the member's last login (known), which
+		// never leaves the gateway.
+		passwords := map[string]string{}
+		o.Password = func(user string) (string, bool) {
+			if pw := passwords[user]; pw != "" {
+				return pw, true
+			}
+			if known != nil {
+				return known(user)
+			}
+			return "", false
+		}
 		if len(req.Users) > 0 {
-			passwords := map[string]string{}
 			for _, u := range req.Users {
 				name := store.CanonicalUser(strings.TrimSpace(u.User))
 				users = append(users, name)
 				passwords[name] = u.Password
-			}
-			o.Password = func(user string) (string, bool) {
-				pw := passwords[user]
-				return pw, pw != ""
 			}
 		} else {
 			var err error

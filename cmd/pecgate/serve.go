@@ -218,7 +218,7 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	// The member page checks logins with the IMAP servers' limiter (opts).
 	memberAuth, creds := memberDeps(opts, router, st, vault)
 	adminAddr, stopAdmin, err := startAdminFor(ctx, cfg, adminDeps{Router: router, Store: st, Backends: backends,
-		Metrics: metricsHandler(reg, log), Preflight: gatewayPreflight(cfg, backends, st, secrets, log),
+		Metrics: metricsHandler(reg, log), Preflight: gatewayPreflight(cfg, backends, st, secrets, engine.KnownPassword, log),
 		MemberAuth: memberAuth, Credentials: creds}, log)
 	if err != nil {
 		gw.shutdown(time.Second)
