@@ -48,7 +48,9 @@ FILE is CSV, ',' or ';' separated, a header line optional, columns:
   user[,password]
 The password is the member's own, needed for a provider with auth =
 "passthrough"; a member without one is "not checked" there (a warning, not
-a block). Providers with auth = "master" or "vault" need no password.
+a block). Providers with auth = "master" or "vault" need no password. When
+the running gateway runs the check (below), a member who logged in through
+it since it started is checked with that password, which never leaves it.
 
 It prints a table and each member's problems with what to do; -out writes
 the same as CSV, one row per member. Exit status: 0 when no member blocks
