@@ -5,7 +5,7 @@
 //
 //	GET /healthz                     200 "ok": the process answers; no token
 //	GET /readyz                      200 "ok" or 503 with the reason (Options.Ready); no token
-//	GET /metrics                     Prometheus text format (Options.Metrics); 501 when not kept
+//	GET /metrics                     Prometheus text format (Options.Metrics), with the token; 501 when not kept
 //	GET /                            the status page (page.go); the admin token through a login form and a session cookie
 //	GET /api/v1/domains              every served domain (DomainList), with its copy progress (DomainProgress)
 //	GET /api/v1/domains/{domain}     one domain, its user overrides, its progress and the members with problems (Domain)
@@ -144,12 +144,15 @@ func New(opts Options) http.Handler {
 	mux.Handle("/healthz", s.notAllowed("GET"))
 	mux.Handle("GET /readyz", s.serve(s.getReady))
 	mux.Handle("/readyz", s.notAllowed("GET"))
+	// /metrics needs the token like the API (Prometheus sends it with
+	// authorization: credentials_file): its labels name the Order's
+	// domains and providers, and its counters what they do.
 	if s.Metrics != nil {
-		mux.Handle("GET /metrics", s.Metrics)
+		mux.Handle("GET /metrics", s.auth(s.Metrics))
 	} else {
-		mux.Handle("GET /metrics", s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		mux.Handle("GET /metrics", s.auth(s.serve(func(w http.ResponseWriter, r *http.Request) error {
 			return errorf(http.StatusNotImplemented, "metrics are not kept by this gateway")
-		}))
+		})))
 	}
 	mux.Handle("/metrics", s.notAllowed("GET"))
 	s.routePage(mux)
