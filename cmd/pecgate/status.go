@@ -18,6 +18,7 @@ import (
 
 	"github.com/pecgate/pecgate/admin"
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/mutf7"
 )
 
 const statusUsage = `usage: pecgate status [-config FILE] [-watch] [DOMAIN|USER]
@@ -323,6 +324,15 @@ func printUser(w io.Writer, u *admin.User, p *admin.UserProgress, tty bool) {
 		}
 	}
 	tw.Flush()
+	if p != nil && len(p.Folders) > 0 {
+		fmt.Fprintln(w)
+		ftw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(ftw, "FOLDER\tCOPIED")
+		for _, f := range p.Folders {
+			fmt.Fprintf(ftw, "%s\t%d/%d msgs\n", mutf7.Decode(f.Name), f.MessagesDone, f.MessagesTotal)
+		}
+		ftw.Flush()
+	}
 }
 
 // oneLine keeps a message on one line.

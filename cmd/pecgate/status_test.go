@@ -92,7 +92,8 @@ func seedProgress(t *testing.T, s *adminSetup, db *bolt.DB) {
 	at := now.Add(-time.Minute)
 	putProgress(t, db,
 		&store.Progress{User: "anna@" + dom, State: "copying", MessagesDone: 1000, MessagesTotal: 4000, BytesDone: 100_000_000, BytesTotal: 1_200_000_000, Updated: now.Add(-4 * time.Second)},
-		&store.Progress{User: "bruno@" + dom, State: "done", MessagesDone: 1000, MessagesTotal: 1000, BytesDone: 50_000_000, BytesTotal: 50_000_000, Updated: at},
+		&store.Progress{User: "bruno@" + dom, State: "done", MessagesDone: 1000, MessagesTotal: 1000, BytesDone: 50_000_000, BytesTotal: 50_000_000, Updated: at,
+			Folders: []store.FolderProgress{{Name: "INBOX", MessagesDone: 990, MessagesTotal: 990}, {Name: "Pratiche/Citt&AOA-", MessagesDone: 10, MessagesTotal: 10}}},
 		&store.Progress{User: "dario@" + dom, State: "quota", MessagesTotal: 200, BytesTotal: 250_000_000, Updated: at,
 			Errors: []store.ProgressError{{Kind: "quota", Message: "250.0 MB to copy,\n100.0 MB free", At: at}}},
 		&store.Progress{User: "elena@" + dom, State: "needs-login", Updated: at,
@@ -160,6 +161,17 @@ func TestStatusProgress(t *testing.T) {
 			"copy:        quota  0%  0/200 msgs  0.0/250.0 MB\n" +
 			"problem:     quota: 250.0 MB to copy, 100.0 MB free\n" +
 			"what to do:  quota: raise the quota at the new provider\n"},
+		{name: "user with folders", args: []string{"bruno@pec.ordine.example"}, want: "" +
+			"user:       bruno@pec.ordine.example\n" +
+			"state:      migrating (the run-time state of pec.ordine.example)\n" +
+			"served by:  aruba and infocert\n" +
+			"old:        aruba\n" +
+			"new:        infocert\n" +
+			"copy:       done  100%  1,000/1,000 msgs  50.0/50.0 MB\n" +
+			"\n" +
+			"FOLDER          COPIED\n" +
+			"INBOX           990/990 msgs\n" +
+			"Pratiche/Città  10/10 msgs\n"},
 		{name: "user not counted", args: []string{"elena@pec.ordine.example"}, want: "" +
 			"user:        elena@pec.ordine.example\n" +
 			"state:       migrating (the run-time state of pec.ordine.example)\n" +

@@ -47,3 +47,40 @@ func Encode(s string) string {
 	flush()
 	return b.String()
 }
+
+// Decode decodes a mailbox name in modified UTF-7 (RFC 3501 section
+// 5.1.3) for display. A name that is not valid modified UTF-7 (a server
+// that sends UTF-8, a broken shift) is returned as it is: a person reads
+// it better than an error.
+func Decode(s string) string {
+	if !strings.Contains(s, "&") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '&' {
+			b.WriteByte(s[i])
+			continue
+		}
+		end := strings.IndexByte(s[i+1:], '-')
+		if end < 0 {
+			return s
+		}
+		chunk := s[i+1 : i+1+end]
+		i += end + 1
+		if chunk == "" {
+			b.WriteByte('&')
+			continue
+		}
+		raw, err := modBase64.DecodeString(chunk)
+		if err != nil || len(raw)%2 != 0 {
+			return s
+		}
+		units := make([]uint16, len(raw)/2)
+		for j := range units {
+			units[j] = uint16(raw[2*j])<<8 | uint16(raw[2*j+1])
+		}
+		b.WriteString(string(utf16.Decode(units)))
+	}
+	return b.String()
+}
