@@ -45,13 +45,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
@@ -61,7 +57,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	gosync "sync"
 	"time"
 	"unicode/utf16"
 
@@ -120,18 +115,12 @@ var memberTemplate = template.Must(template.New("member").Parse(memberHTML))
 
 // memberPage serves /me.
 type memberPage struct {
-	s   *server
-	key [32]byte
-	now func() time.Time
-
-	mu      gosync.Mutex
-	revoked map[string]time.Time // session id -> its expiry
+	s *server
+	*sessionKeys
 }
 
 func newMemberPage(s *server) *memberPage {
-	m := &memberPage{s: s, now: time.Now, revoked: map[string]time.Time{}}
-	rand.Read(m.key[:])
-	return m
+	return &memberPage{s: s, sessionKeys: newSessionKeys()}
 }
 
 // routeMember registers the member page on mux, when Options.MemberAuth
@@ -188,15 +177,6 @@ type session struct {
 // Session flags.
 const flagNeedsCredential = 1 // the login found the new provider's vault credentials missing or refused
 
-func (m *memberPage) mac(parts ...string) []byte {
-	h := hmac.New(sha256.New, m.key[:])
-	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
-	}
-	return h.Sum(nil)
-}
-
 // encode returns the cookie value of ses: base64url(payload).base64url(mac).
 func (m *memberPage) encode(ses *session) string {
 	payload := binary.BigEndian.AppendUint64(nil, uint64(ses.exp.Unix()))
@@ -204,7 +184,7 @@ func (m *memberPage) encode(ses *session) string {
 	payload = append(payload, ses.flags)
 	payload = append(payload, ses.user...)
 	b64 := base64.RawURLEncoding.EncodeToString(payload)
-	return b64 + "." + base64.RawURLEncoding.EncodeToString(m.mac("session", b64))
+	return b64 + "." + m.mac64("session", b64)
 }
 
 // session returns r's valid session: signed by this process, not
@@ -235,10 +215,7 @@ func (m *memberPage) session(r *http.Request) *session {
 	if !m.now().Before(ses.exp) {
 		return nil
 	}
-	m.mu.Lock()
-	_, gone := m.revoked[ses.id]
-	m.mu.Unlock()
-	if gone {
+	if m.isRevoked(ses.id) {
 		return nil
 	}
 	return ses
@@ -246,9 +223,7 @@ func (m *memberPage) session(r *http.Request) *session {
 
 // newSession returns a fresh session of user ("" before the login).
 func (m *memberPage) newSession(user string) *session {
-	var id [16]byte
-	rand.Read(id[:])
-	return &session{exp: m.now().Add(memberSessionTTL).Truncate(time.Second), id: hex.EncodeToString(id[:]), user: user}
+	return &session{exp: m.now().Add(memberSessionTTL).Truncate(time.Second), id: m.newID(), user: user}
 }
 
 // setCookie sends ses as the session cookie.
@@ -265,29 +240,13 @@ func (m *memberPage) clearCookie(w http.ResponseWriter, r *http.Request) {
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 }
 
-// csrf is the CSRF token of ses.
-func (m *memberPage) csrf(ses *session) string {
-	return base64.RawURLEncoding.EncodeToString(m.mac("csrf", ses.id))
-}
-
 // checkCSRF reports whether the form's token is ses's.
 func (m *memberPage) checkCSRF(r *http.Request, ses *session) bool {
-	want := m.csrf(ses)
-	return subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(want)) == 1
+	return m.csrfOK(ses.id, r.PostFormValue("csrf"))
 }
 
-// revoke ends ses before its expiry.
-func (m *memberPage) revoke(ses *session) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := m.now()
-	for id, exp := range m.revoked {
-		if !now.Before(exp) {
-			delete(m.revoked, id)
-		}
-	}
-	m.revoked[ses.id] = ses.exp
-}
+// end revokes ses before its expiry.
+func (m *memberPage) end(ses *session) { m.revoke(ses.id, ses.exp) }
 
 // clientIP is the request's remote IP, for the limiter. Forwarding headers
 // are not trusted: anyone could send them.
@@ -375,7 +334,7 @@ func (m *memberPage) loginForm(w http.ResponseWriter, r *http.Request, status in
 		ses = m.newSession("")
 	}
 	m.setCookie(w, r, ses)
-	m.render(w, r, status, &memberView{CSRF: m.csrf(ses), Flash: f, Address: address})
+	m.render(w, r, status, &memberView{CSRF: m.csrf(ses.id), Flash: f, Address: address})
 }
 
 // stale answers a POST without a valid session or CSRF token: 403 and
@@ -495,7 +454,7 @@ func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 		m.loginForm(w, r, http.StatusInternalServerError, ses, address, msgInternal)
 		return
 	}
-	m.revoke(ses)
+	m.end(ses)
 	nses := m.newSession(store.CanonicalUser(address))
 	nses.flags = flags
 	m.setCookie(w, r, nses)
@@ -513,7 +472,7 @@ func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 		m.stale(w, r, ses)
 		return
 	}
-	m.revoke(ses)
+	m.end(ses)
 	m.clearCookie(w, r)
 	if ses.user != "" {
 		m.s.Log.Info("member logged out", "user", ses.user, "remote", clientIP(r))
@@ -584,7 +543,7 @@ func (m *memberPage) memberPageFor(w http.ResponseWriter, r *http.Request, statu
 	v, err := m.view(r.Context(), ses)
 	if err != nil {
 		m.s.Log.Error("member page", "user", ses.user, "err", err)
-		v = &memberView{LoggedIn: true, User: ses.user, CSRF: m.csrf(ses)}
+		v = &memberView{LoggedIn: true, User: ses.user, CSRF: m.csrf(ses.id)}
 		f, status = msgInternal, http.StatusInternalServerError
 	}
 	v.Flash = f
@@ -594,7 +553,7 @@ func (m *memberPage) memberPageFor(w http.ResponseWriter, r *http.Request, statu
 // view gathers what the member's page shows: only ses.user's records.
 func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error) {
 	user := ses.user
-	v := &memberView{LoggedIn: true, User: user, CSRF: m.csrf(ses), NeedsCredential: ses.flags&flagNeedsCredential != 0}
+	v := &memberView{LoggedIn: true, User: user, CSRF: m.csrf(ses.id), NeedsCredential: ses.flags&flagNeedsCredential != 0}
 	rt := m.s.Router.Route(user)
 	if rt == nil {
 		v.Phase = text{"Il suo indirizzo non è più servito da questo gateway. Chieda all'assistenza del suo Ordine.",

@@ -24,7 +24,6 @@ package admin
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"embed"
 	"errors"
 	"fmt"
@@ -180,7 +179,7 @@ func (p *statusPage) fail(w http.ResponseWriter, r *http.Request, err error) {
 		p.s.Log.Error("admin page request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 	}
 	v := opMessageView{opPageBase: opPageBase{Title: http.StatusText(e.Status)}, Status: e.Status, Message: e.Message}
-	if a := p.opAuthOf(r); a.ok() {
+	if a := p.authOf(r, false); a.ok() {
 		v.opPageBase = p.base(a, v.Title)
 	}
 	p.render(w, e.Status, "message", v)
@@ -247,8 +246,7 @@ func (p *statusPage) checkPost(w http.ResponseWriter, r *http.Request, a opAuth)
 	if a.bearer {
 		return nil
 	}
-	want := p.sessions.csrf(a.sid)
-	if got := r.PostForm.Get("csrf"); got == "" || !hmac.Equal([]byte(got), []byte(want)) {
+	if !p.sessions.csrfOK(a.sid, r.PostForm.Get("csrf")) {
 		return errorf(http.StatusForbidden, "the form's security token is missing or stale: reload the page and try again")
 	}
 	return nil
@@ -265,12 +263,12 @@ func (p *statusPage) postLogin(w http.ResponseWriter, r *http.Request) error {
 	if p.s.Token == "" {
 		return p.showLogin(w, r, http.StatusUnauthorized, "This gateway has no admin token: put one in the file [admin] token_file names and restart it.")
 	}
-	if !p.sessions.allowLogin() {
+	if !p.sessions.allowLogin(r) {
 		p.s.Log.Warn("admin page login throttled", "remote", r.RemoteAddr)
 		return p.showLogin(w, r, http.StatusTooManyRequests, "Too many wrong tokens: wait a minute, then try again.")
 	}
 	if !p.s.tokenOK(r.PostForm.Get("token")) {
-		p.sessions.failed()
+		p.sessions.failed(r)
 		p.s.Log.Warn("admin page login refused: wrong token", "remote", r.RemoteAddr)
 		return p.showLogin(w, r, http.StatusUnauthorized, "Wrong token. It is the content of the file [admin] token_file names in the gateway's configuration.")
 	}
@@ -288,7 +286,7 @@ func (p *statusPage) postLogout(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if c, err := r.Cookie(opCookie); err == nil {
-		p.sessions.revoke(c.Value)
+		p.sessions.revokeCookie(c.Value)
 	}
 	setOpCookie(w, r, "", -1)
 	http.Redirect(w, r, "/", http.StatusSeeOther)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -606,4 +607,75 @@ func asError(err error, target **admin.Error) bool {
 		*target = e
 	}
 	return ok
+}
+
+// from returns a browser whose connections come from the loopback address
+// ip (Linux answers all of 127.0.0.0/8), so that tests see the status
+// page's throttle per client address.
+func (f *pageFixture) from(t *testing.T, ip string) *browser {
+	t.Helper()
+	b := f.browser(t)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	b.c.Transport = &http.Transport{DialContext: d.DialContext}
+	return b
+}
+
+// TestPageLoginThrottlePerAddress: wrong tokens from one address lock out
+// that address only (not the operator at another), and a bearer token is
+// no way around the throttle: wrong ones count, and a throttled address's
+// right one is not taken.
+func TestPageLoginThrottlePerAddress(t *testing.T) {
+	f := newPageFixture(t)
+	attacker, operator, guesser := f.from(t, "127.0.0.2"), f.from(t, "127.0.0.3"), f.from(t, "127.0.0.4")
+	for i := range 10 {
+		if a := attacker.do(t, "POST", "/login", url.Values{"token": {"wrong"}}); a.status != 401 {
+			t.Fatalf("wrong token %d: %d, want 401", i, a.status)
+		}
+	}
+	if a := attacker.do(t, "POST", "/login", url.Values{"token": {token}}); a.status != 429 || a.header.Get("Set-Cookie") != "" {
+		t.Fatalf("attacker's right token after 10 wrong ones: %d Set-Cookie %q, want 429 without a session", a.status, a.header.Get("Set-Cookie"))
+	}
+	operator.login(t)
+	if a := operator.get(t, "/"); a.status != 200 || !strings.Contains(a.body, `id="status"`) {
+		t.Fatalf("the operator at another address, after logging in: %d, want the status page", a.status)
+	}
+
+	// Wrong bearer tokens count as wrong tokens; once throttled, not even
+	// the right one is taken.
+	for i := range 10 {
+		if a := guesser.do(t, "GET", "/", nil, "Authorization", "Bearer wrong"); a.status != 200 || !strings.Contains(a.body, `id="login-form"`) {
+			t.Fatalf("wrong bearer token %d: %d, want the login form", i, a.status)
+		}
+	}
+	if a := guesser.do(t, "POST", "/login", url.Values{"token": {token}}); a.status != 429 {
+		t.Fatalf("right token after 10 wrong bearer tokens: %d, want 429", a.status)
+	}
+	if a := guesser.do(t, "GET", "/", nil, "Authorization", "Bearer "+token); !strings.Contains(a.body, `id="login-form"`) {
+		t.Fatalf("a throttled address's bearer token was taken: %d\n%s", a.status, a.body)
+	}
+	if !strings.Contains(f.log.String(), "remote=127.0.0.2") || strings.Contains(f.log.String(), token) {
+		t.Errorf("log lacks the attacker's address, or shows the token:\n%s", f.log.String())
+	}
+}
+
+// TestPageLoginNextStaysHere: the page a login returns to is a path on
+// the gateway, whatever the form says: never another host, also not
+// through characters a browser drops ("/\t/host" is "//host" to it).
+func TestPageLoginNextStaysHere(t *testing.T) {
+	f := newPageFixture(t)
+	for next, want := range map[string]string{
+		"/domains/" + pageDomain + "/flip?state=new": "/domains/" + pageDomain + "/flip?state=new",
+		"//evil.example/":       "/",
+		"/\\evil.example/":      "/",
+		"/\t/evil.example/":     "/",
+		"/\n/evil.example/":     "/",
+		"/\x7f/evil.example":    "/",
+		"https://evil.example/": "/",
+	} {
+		b := f.browser(t)
+		a := b.do(t, "POST", "/login", url.Values{"token": {token}, "next": {next}})
+		if a.status != http.StatusSeeOther || a.header.Get("Location") != want {
+			t.Errorf("login with next %q: %d Location %q, want 303 to %q", next, a.status, a.header.Get("Location"), want)
+		}
+	}
 }
