@@ -31,7 +31,9 @@ package admin
 //     session fixation). Logging out revokes the id until it would have
 //     expired anyway.
 //   - Every POST carries a CSRF token, HMAC of the session id under the
-//     same key, compared in constant time.
+//     same key, compared in constant time. Signing, CSRF tokens and
+//     revocation are session.go's, shared with the status page (each page
+//     with its own key).
 //   - The address shown and read is the session's, never one from the
 //     URL or a form: no request can name another member.
 //   - Passwords travel only over TLS, or over loopback (the admin
@@ -264,6 +266,9 @@ type text struct{ IT, EN string }
 // flash is a message shown at the top of a page.
 type flash struct {
 	OK bool // a success; else a problem
+	// Credential is set on the outcome of the credential form: a problem
+	// then shows the form open, to try again.
+	Credential bool
 	text
 }
 
@@ -287,6 +292,10 @@ type memberView struct {
 
 	NeedsCredential bool // the login found the vault's credentials missing or refused
 	Vault           bool // show the credential form
+	// CredentialOpen shows the credential form open: the credentials are
+	// missing or were refused; else it is folded under a summary, so that
+	// a member whose copy runs does not think there is more to do.
+	CredentialOpen bool
 	VaultUser       string
 }
 
@@ -492,7 +501,7 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	}
 	cs := m.s.Credentials
 	if cs == nil || !cs.NewProviderUsesVault(ses.user) {
-		m.memberPageFor(w, r, http.StatusNotFound, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusNotFound, ses, &flash{Credential: true, text: text{
 			"Per la sua casella non serve inserire credenziali del nuovo gestore.",
 			"Your mailbox needs no credentials for the new provider."}})
 		return
@@ -501,7 +510,7 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	password := r.PostFormValue("password")
 	if username == "" || password == "" || len(username) > 320 || len(password) > 1024 ||
 		strings.ContainsAny(username, "\x00\r\n") || strings.ContainsAny(password, "\x00\r\n") {
-		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{Credential: true, text: text{
 			"Scriva il nome utente e la password del nuovo gestore.",
 			"Enter the username and the password of the new provider."}})
 		return
@@ -515,21 +524,21 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 			ses.flags &^= flagNeedsCredential
 			m.setCookie(w, r, ses)
 		}
-		m.memberPageFor(w, r, http.StatusOK, ses, &flash{OK: true, text: text{
+		m.memberPageFor(w, r, http.StatusOK, ses, &flash{OK: true, Credential: true, text: text{
 			"Il nuovo gestore ha accettato le credenziali, che sono state salvate in modo cifrato. Non deve fare altro.",
 			"The new provider accepted the credentials; they are stored encrypted. You need do nothing else."}})
 	case errors.Is(err, ErrMemberRefused):
 		m.s.Log.Info("member vault credentials refused", "user", ses.user, "remote", ip)
-		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{Credential: true, text: text{
 			"Il nuovo gestore ha rifiutato nome utente o password: non è stato salvato nulla. Controlli i dati ricevuti dal nuovo gestore (spesso il nome utente non è l'indirizzo PEC) e riprovi.",
 			"The new provider refused the username or password: nothing was stored. Check the details the new provider gave you (the username is often not the PEC address) and try again."}})
 	case errors.Is(err, ErrMemberThrottled):
-		m.memberPageFor(w, r, http.StatusTooManyRequests, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusTooManyRequests, ses, &flash{Credential: true, text: text{
 			"Troppi tentativi non riusciti: per non far bloccare la nuova casella attenda almeno 5 minuti prima di riprovare.",
 			"Too many failed attempts: so that the new mailbox is not locked, wait at least 5 minutes before trying again."}})
 	case errors.Is(err, ErrMemberUnavailable):
 		m.s.Log.Warn("member vault credentials not checked", "user", ses.user, "reason", "provider unavailable", "err", err)
-		m.memberPageFor(w, r, http.StatusServiceUnavailable, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusServiceUnavailable, ses, &flash{Credential: true, text: text{
 			"Il nuovo gestore non risponde: non è stato salvato nulla. Riprovi tra qualche minuto.",
 			"The new provider does not answer: nothing was stored. Please try again in a few minutes."}})
 	default:
@@ -547,6 +556,9 @@ func (m *memberPage) memberPageFor(w http.ResponseWriter, r *http.Request, statu
 		f, status = msgInternal, http.StatusInternalServerError
 	}
 	v.Flash = f
+	if f != nil && f.Credential && !f.OK {
+		v.CredentialOpen = v.Vault
+	}
 	m.render(w, r, status, v)
 }
 
@@ -614,6 +626,12 @@ func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error
 		v.Problems = problemViews(v.Progress.Errors)
 	}
 	v.Phase, v.Safe = phaseText(rt, v.Progress)
+	v.CredentialOpen = v.Vault && v.NeedsCredential
+	if v.Vault && v.Progress != nil {
+		v.CredentialOpen = v.CredentialOpen || slices.ContainsFunc(v.Progress.Errors, func(e ProgressError) bool {
+			return e.Kind == "no-credential" || e.Kind == "auth"
+		})
+	}
 	v.Folders = folderViews(fm, maps, prog)
 	return v, nil
 }
@@ -666,6 +684,11 @@ var problemTexts = map[string][2]text{
 	"needs-login": {
 		{"La copia aveva bisogno della sua password.", "The copy needed your password."},
 		{"Nulla: averla inserita qui basta finché il gateway resta acceso.", "Nothing: entering it here is enough while the gateway keeps running."}},
+	"no-credential": {
+		{"Mancano le credenziali del nuovo gestore: senza di esse la posta non può essere copiata.",
+			"The new provider's credentials are missing: without them your mail cannot be copied."},
+		{"Inserisca il nome utente e la password ricevuti dal nuovo gestore nel modulo \"Credenziali del nuovo gestore\" qui sotto: la copia riparte appena sono salvate. Se il modulo non c'è, avvisi l'assistenza del suo Ordine.",
+			"Enter the username and password the new provider gave you in the \"New provider's credentials\" form below: the copy starts again as soon as they are saved. If the form is not there, tell your Order's IT support."}},
 	"auth": {
 		{"Un gestore ha rifiutato l'accesso usato per la copia.", "A provider refused the login used for copying."},
 		{"Se qui sotto c'è il modulo per le credenziali del nuovo gestore, le inserisca; altrimenti avvisi l'assistenza del suo Ordine. Con Aruba e l'accesso a due fattori serve una \"password per app\".",

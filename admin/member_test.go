@@ -669,3 +669,36 @@ func TestMemberInsecure(t *testing.T) {
 		t.Errorf("CheckLogin called %d times for clear-text requests", n)
 	}
 }
+
+// TestMemberCredentialForm: a member whose copy waits for the new
+// provider's credentials is told, in the problem list, to enter them in
+// the form, which is open; a member whose copy runs sees the form folded
+// (nothing more to do), open again after a refusal, to retry.
+func TestMemberCredentialForm(t *testing.T) {
+	f := newMemberFixture(t, false)
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	err := f.st.Update(context.Background(), func(tx store.Tx) error {
+		return store.PutProgress(tx, &store.Progress{User: marco, State: PhaseFailed, Updated: at,
+			Errors: []store.ProgressError{{Kind: "no-credential", Message: "infocert vault login: no vault credentials", At: at}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t)
+	_, body := f.login(t, c, marco, "marco-pw")
+	mustContain(t, "marco without credentials", body,
+		"Mancano le credenziali del nuovo gestore", "The new provider's credentials are missing",
+		"nel modulo", `id="credential-box"`, `action="/me/credential"`,
+		"non è ancora noto") // no total yet: not "shortly"
+	mustNotContain(t, "marco without credentials", body, "Un problema tecnico", `id="credential-change"`)
+
+	c = f.client(t)
+	_, body = f.login(t, c, anna, "anna-pw")
+	mustContain(t, "anna, copying", body, `id="credential-change"`, "Cambiare le credenziali", `action="/me/credential"`)
+	mustNotContain(t, "anna, copying", body, `id="credential-box"`)
+	code, body := post(t, c, f.srv.URL+"/me/credential", url.Values{"csrf": {csrfOf(t, body)}, "username": {"x"}, "password": {"y"}})
+	if code != http.StatusBadRequest {
+		t.Fatalf("refused credentials: %d", code)
+	}
+	mustContain(t, "anna, refused", body, `id="credential-box"`, "non è stato salvato nulla")
+}
