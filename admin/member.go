@@ -296,7 +296,6 @@ type memberView struct {
 	// missing or were refused; else it is folded under a summary, so that
 	// a member whose copy runs does not think there is more to do.
 	CredentialOpen bool
-	VaultUser       string
 }
 
 type folderView struct {
@@ -631,6 +630,13 @@ func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error
 		v.CredentialOpen = v.CredentialOpen || slices.ContainsFunc(v.Progress.Errors, func(e ProgressError) bool {
 			return e.Kind == "no-credential" || e.Kind == "auth"
 		})
+		if rt.State == config.StateMigrating && v.Progress.State != PhaseDone && slices.ContainsFunc(v.Progress.Errors, func(e ProgressError) bool {
+			return e.Kind == "no-credential"
+		}) {
+			// It does not retry its way out of this: the member must act.
+			v.Phase = text{"La copia è ferma: servono le credenziali del nuovo gestore. Le inserisca nel modulo qui sotto; poi la copia riparte da sola.",
+				"The copy is stopped: it needs the new provider's credentials. Enter them in the form below; the copy then starts again by itself."}
+		}
 	}
 	v.Folders = folderViews(fm, maps, prog)
 	return v, nil
@@ -672,7 +678,7 @@ func phaseText(rt *store.Route, p *UserProgress) (text, bool) {
 		return text{"La copia aspettava la sua password: accedere a questa pagina (o leggere la posta con il suo programma) basta, e la copia riprende da sola.",
 			"The copy was waiting for your password: logging in to this page (or reading your mail with your mail program) is enough, and the copy resumes by itself."}, true
 	case PhaseFailed:
-		return text{"L'ultimo tentativo di copia non è riuscito (vedi sotto). Riprova da solo.",
+		return text{"L'ultimo tentativo di copia non è riuscito (vedi sotto). La copia riprova da sola.",
 			"The last copy attempt failed (see below). It retries by itself."}, true
 	}
 	return text{"La copia della sua posta verso il nuovo gestore comincerà a breve. Non deve fare nulla.",

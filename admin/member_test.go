@@ -689,8 +689,9 @@ func TestMemberCredentialForm(t *testing.T) {
 	mustContain(t, "marco without credentials", body,
 		"Mancano le credenziali del nuovo gestore", "The new provider's credentials are missing",
 		"nel modulo", `id="credential-box"`, `action="/me/credential"`,
+		"La copia è ferma: servono le credenziali del nuovo gestore", "The copy is stopped: it needs the new provider's credentials",
 		"non è ancora noto") // no total yet: not "shortly"
-	mustNotContain(t, "marco without credentials", body, "Un problema tecnico", `id="credential-change"`)
+	mustNotContain(t, "marco without credentials", body, "Un problema tecnico", `id="credential-change"`, "retries by itself")
 
 	c = f.client(t)
 	_, body = f.login(t, c, anna, "anna-pw")
