@@ -703,3 +703,30 @@ func TestMemberCredentialForm(t *testing.T) {
 	}
 	mustContain(t, "anna, refused", body, `id="credential-box"`, "non è stato salvato nulla")
 }
+
+// TestMemberEscapesFolderAndProviderText: folder names (the member's own
+// choice) and provider error texts are shown as text, never as markup.
+func TestMemberEscapesFolderAndProviderText(t *testing.T) {
+	f := newMemberFixture(t, false)
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	err := f.st.Update(context.Background(), func(tx store.Tx) error {
+		if err := store.PutFolderMap(tx, marco, &store.FolderMap{Folders: []store.Folder{{Old: "INBOX"}, {Old: `"><img src=x onerror=alert(1)>`}}}); err != nil {
+			return err
+		}
+		return store.PutProgress(tx, &store.Progress{User: marco, State: PhaseFailed, Updated: at,
+			Errors: []store.ProgressError{{Kind: "upstream", Message: "NO <script>alert(2)</script>", Mailbox: `<svg onload=alert(3)>`, At: at}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t)
+	_, body := f.login(t, c, marco, "marco-pw")
+	if !strings.Contains(body, "&lt;script&gt;alert(2)&lt;/script&gt;") || !strings.Contains(body, "&lt;img src=x onerror=alert(1)&gt;") {
+		t.Fatalf("the folder or the provider's text is not on the page, escaped:\n%s", body)
+	}
+	for _, bad := range []string{"<script>alert", "<img src=x", "<svg onload"} {
+		if strings.Contains(body, bad) {
+			t.Errorf("the page carries %q as markup", bad)
+		}
+	}
+}

@@ -679,3 +679,23 @@ func TestPageLoginNextStaysHere(t *testing.T) {
 		}
 	}
 }
+
+// TestPageEscapesProviderText: a provider's error text, which a member's
+// folder name can reach, is shown as text, never as markup.
+func TestPageEscapesProviderText(t *testing.T) {
+	f := newPageFixture(t)
+	evil := `infocert: NO [CANNOT] "><script>alert(1)</script><img src=x onerror=alert(2)> refused`
+	f.put(t, &store.Progress{User: member, State: "failed", MessagesDone: 1, MessagesTotal: 2, Updated: time.Now(),
+		Errors: []store.ProgressError{{Kind: "folder", Message: evil, Mailbox: `"><svg onload=alert(3)>`, At: time.Now()}}})
+	b := f.browser(t)
+	b.login(t)
+	a := b.get(t, "/")
+	if a.status != 200 || !strings.Contains(a.body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Fatalf("the problem's text is not on the page, escaped: %d\n%s", a.status, a.body)
+	}
+	for _, bad := range []string{"<script>alert", "<img src=x", "<svg onload"} {
+		if strings.Contains(a.body, bad) {
+			t.Errorf("the page carries %q as markup", bad)
+		}
+	}
+}
