@@ -279,6 +279,9 @@ type memberView struct {
 	Address  string // the login form's address, kept after a refusal
 	LoggedIn bool
 	User     string
+	// NoStartLink drops the link back to /me from a page without a form:
+	// the clear-text refusal, where that link leads back to it.
+	NoStartLink bool
 
 	Phase    text
 	Safe     bool // the old mailbox is only read: say so
@@ -404,7 +407,7 @@ var msgInsecure = &flash{text: text{
 
 func (m *memberPage) getMe(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -423,7 +426,7 @@ func readForm(w http.ResponseWriter, r *http.Request) bool {
 
 func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -472,7 +475,7 @@ func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 
 func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -490,7 +493,7 @@ func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 
 func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)

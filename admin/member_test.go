@@ -664,6 +664,7 @@ func TestMemberInsecure(t *testing.T) {
 			t.Errorf("%s %s from another machine in clear: %d, form shown %v", tc.method, tc.path, rec.Code, strings.Contains(body, "<form"))
 		}
 		mustContain(t, tc.path, body, "https")
+		mustNotContain(t, tc.path, body, `href="/me"`) // back to this very page: a loop
 	}
 	if n := f.auth.callCount(); n != 0 {
 		t.Errorf("CheckLogin called %d times for clear-text requests", n)

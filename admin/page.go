@@ -222,6 +222,10 @@ type opLoginView struct {
 	opPageBase
 	Next    string
 	Message string // why the form is shown again; "" the first time
+	// ClearText is set when the form would send the token in clear text
+	// over the network (plain HTTP from another machine, with
+	// admin.allow_non_loopback): the form says so.
+	ClearText bool
 }
 
 // showLogin answers the token form with status.
@@ -230,7 +234,7 @@ func (p *statusPage) showLogin(w http.ResponseWriter, r *http.Request, status in
 	if r.Method == http.MethodGet {
 		next = opSafeNext(r.URL.RequestURI())
 	}
-	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg})
+	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg, ClearText: insecure(r)})
 }
 
 // checkPost refuses a state-changing POST from another origin, or made
@@ -265,7 +269,7 @@ func (p *statusPage) postLogin(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !p.sessions.allowLogin(r) {
 		p.s.Log.Warn("admin page login throttled", "remote", r.RemoteAddr)
-		return p.showLogin(w, r, http.StatusTooManyRequests, "Too many wrong tokens: wait a minute, then try again.")
+		return p.showLogin(w, r, http.StatusTooManyRequests, "Too many wrong tokens from this address: wait a minute, then try again. Meanwhile pecgate status and the other commands keep working with the token.")
 	}
 	if !p.s.tokenOK(r.PostForm.Get("token")) {
 		p.sessions.failed(r)

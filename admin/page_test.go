@@ -699,3 +699,28 @@ func TestPageEscapesProviderText(t *testing.T) {
 		}
 	}
 }
+
+// TestPageLoginClearTextWarning: the token form says so when the token
+// would cross the network in clear text, and not over loopback or TLS.
+func TestPageLoginClearTextWarning(t *testing.T) {
+	f := newPageFixture(t)
+	h := admin.New(admin.Options{Router: f.router, Token: token})
+	for _, tc := range []struct {
+		remote string
+		tls    bool
+		warn   bool
+	}{{"192.0.2.7:40000", false, true}, {"127.0.0.1:40000", false, false}, {"[::1]:40000", false, false}, {"192.0.2.7:40000", true, false}} {
+		target := "http://gateway.example/"
+		if tc.tls {
+			target = "https://gateway.example/" // sets req.TLS
+		}
+		req := httptest.NewRequest("GET", target, nil)
+		req.RemoteAddr = tc.remote
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		body := rec.Body.String()
+		if !strings.Contains(body, `id="login-form"`) || strings.Contains(body, `id="clear-text"`) != tc.warn {
+			t.Errorf("login form from %s (TLS %v): clear-text warning %v, want %v", tc.remote, tc.tls, strings.Contains(body, `id="clear-text"`), tc.warn)
+		}
+	}
+}
