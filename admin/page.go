@@ -167,10 +167,31 @@ func (p *statusPage) serve(h handlerFunc) http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "same-origin") // "no-referrer" would make the browser send "Origin: null"
 		w.Header().Set("X-Frame-Options", "DENY")
+		if !p.hostOK(r) {
+			p.s.Log.Warn("admin page: request for a foreign host name refused", "host", r.Host, "remote", r.RemoteAddr)
+			p.render(w, http.StatusMisdirectedRequest, "message", opMessageView{opPageBase: opPageBase{Title: "Wrong address", Now: time.Now().UTC()}, Status: http.StatusMisdirectedRequest,
+				Message: "This page answers only at the gateway's own addresses: an IP address such as http://127.0.0.1:PORT/ (an SSH tunnel works), localhost, or the [server] hostname of its configuration. A proxy in front of it must pass one of those as the Host header."})
+			return
+		}
 		if err := h(w, r); err != nil {
 			p.fail(w, r, err)
 		}
 	})
+}
+
+// hostOK reports whether r names the gateway as a page may be reached:
+// any name when the admin listener may listen beyond loopback
+// (admin.allow_non_loopback), else localHost's.
+func (p *statusPage) hostOK(r *http.Request) bool {
+	c := p.s.Config
+	if c != nil && c.Admin.AllowNonLoopback {
+		return true
+	}
+	hostname := ""
+	if c != nil {
+		hostname = c.Server.Hostname
+	}
+	return localHost(r, hostname)
 }
 
 func (p *statusPage) fail(w http.ResponseWriter, r *http.Request, err error) {

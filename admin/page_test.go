@@ -704,7 +704,8 @@ func TestPageEscapesProviderText(t *testing.T) {
 // would cross the network in clear text, and not over loopback or TLS.
 func TestPageLoginClearTextWarning(t *testing.T) {
 	f := newPageFixture(t)
-	h := admin.New(admin.Options{Router: f.router, Token: token})
+	// A listener beyond loopback, reached by name.
+	h := admin.New(admin.Options{Router: f.router, Token: token, Config: &config.Config{Admin: config.Admin{AllowNonLoopback: true}}})
 	for _, tc := range []struct {
 		remote string
 		tls    bool
@@ -721,6 +722,48 @@ func TestPageLoginClearTextWarning(t *testing.T) {
 		body := rec.Body.String()
 		if !strings.Contains(body, `id="login-form"`) || strings.Contains(body, `id="clear-text"`) != tc.warn {
 			t.Errorf("login form from %s (TLS %v): clear-text warning %v, want %v", tc.remote, tc.tls, strings.Contains(body, `id="clear-text"`), tc.warn)
+		}
+	}
+}
+
+// TestPageRefusesForeignHost: the status page answers only requests that
+// name the gateway by IP address or localhost: a site whose DNS name an
+// attacker re-points at 127.0.0.1 (DNS rebinding) gets neither the form
+// nor a session.
+func TestPageRefusesForeignHost(t *testing.T) {
+	f := newPageFixture(t)
+	port := f.srv.URL[strings.LastIndex(f.srv.URL, ":")+1:]
+	for host, ok := range map[string]bool{
+		"127.0.0.1:" + port:      true,
+		"localhost:" + port:      true,
+		"LOCALHOST.:" + port:     true,
+		"[::1]:" + port:          true,
+		"evil.example:" + port:   false,
+		"127.0.0.1.evil.example": false,
+		"localhost.evil.example": false,
+	} {
+		for _, method := range []string{"GET", "POST"} {
+			var body io.Reader
+			path := "/"
+			if method == "POST" {
+				path, body = "/login", strings.NewReader(url.Values{"token": {token}}.Encode())
+			}
+			req, err := http.NewRequest(method, f.srv.URL+path, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = host
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := f.browser(t).c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			refused := resp.StatusCode == http.StatusMisdirectedRequest
+			if refused == ok || (!ok && (resp.Header.Get("Set-Cookie") != "" || strings.Contains(string(data), `id="login-form"`))) {
+				t.Errorf("%s %s with Host %q: %d Set-Cookie %q, want refused %v", method, path, host, resp.StatusCode, resp.Header.Get("Set-Cookie"), !ok)
+			}
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/http"
+	"strings"
 	gosync "sync"
 	"time"
 )
@@ -159,4 +160,25 @@ func throttleAddr(r *http.Request) string {
 		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 	}
 	return ip.String()
+}
+
+// localHost reports whether the Host header of r names the machine
+// directly: an IP address, localhost or a name under .localhost, or
+// hostname (the gateway's [server] hostname; "" for none). A page on a
+// loopback listener refuses other names: a web site whose name the
+// attacker re-points at 127.0.0.1 (DNS rebinding) would otherwise be
+// "same origin" with it in the operator's browser.
+func localHost(r *http.Request, hostname string) bool {
+	h := r.Host
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	h = strings.TrimSuffix(strings.ToLower(strings.Trim(h, "[]")), ".")
+	switch {
+	case h == "":
+		return false
+	case net.ParseIP(h) != nil, h == "localhost", strings.HasSuffix(h, ".localhost"):
+		return true
+	}
+	return hostname != "" && h == strings.TrimSuffix(strings.ToLower(hostname), ".")
 }

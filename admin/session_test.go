@@ -54,3 +54,26 @@ func TestThrottleAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestLocalHost(t *testing.T) {
+	for _, tc := range []struct {
+		host, hostname string
+		want           bool
+	}{
+		{"127.0.0.1:8080", "", true},
+		{"[::1]:8080", "", true},
+		{"localhost", "", true},
+		{"app.localhost:8080", "", true},
+		{"pec.ordine.example:8080", "pec.ordine.example", true},
+		{"PEC.Ordine.Example.", "pec.ordine.example", true},
+		{"evil.example:8080", "pec.ordine.example", false},
+		{"pec.ordine.example.evil.example", "pec.ordine.example", false},
+		{"", "", false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = tc.host
+		if got := localHost(r, tc.hostname); got != tc.want {
+			t.Errorf("localHost(Host %q, hostname %q) = %v, want %v", tc.host, tc.hostname, got, tc.want)
+		}
+	}
+}
