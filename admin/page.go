@@ -249,12 +249,24 @@ type opLoginView struct {
 	ClearText bool
 }
 
-// showLogin answers the token form with status.
+// showLogin answers the token form with status. The form returns to the
+// page the operator was on: the one asked for, the one a wrong token was
+// meant to open, or the confirmation of a flip whose session ended.
 func (p *statusPage) showLogin(w http.ResponseWriter, r *http.Request, status int, msg string) error {
 	next := "/"
-	if r.Method == http.MethodGet {
-		next = opSafeNext(r.URL.RequestURI())
+	switch {
+	case r.Method == http.MethodGet:
+		next = r.URL.RequestURI()
+	case r.URL.Path == "/login":
+		next = r.PostForm.Get("next")
+	case r.PathValue("domain") != "":
+		next = "/domains/" + url.PathEscape(r.PathValue("domain")) + "/flip"
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if r.ParseForm() == nil && r.PostForm.Get("state") != "" {
+			next += "?state=" + url.QueryEscape(r.PostForm.Get("state"))
+		}
 	}
+	next = opSafeNext(next)
 	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg, ClearText: insecure(r)})
 }
 

@@ -767,3 +767,26 @@ func TestPageRefusesForeignHost(t *testing.T) {
 		}
 	}
 }
+
+// TestPageLoginReturns: after a wrong token, or a session that ended on
+// the confirmation of a flip, the form still returns to that page.
+func TestPageLoginReturns(t *testing.T) {
+	f := newPageFixture(t)
+	b := f.browser(t)
+	flip := "/domains/" + pageDomain + "/flip?state=migrating"
+	a := b.do(t, "POST", "/domains/"+pageDomain+"/flip", url.Values{"state": {"migrating"}, "csrf": {"stale"}})
+	if a.status != 401 || !strings.Contains(a.body, `name="next" value="`+strings.ReplaceAll(flip, "&", "&amp;")+`"`) {
+		t.Fatalf("flip with the session gone: %d, want the form returning to %s\n%s", a.status, flip, a.body)
+	}
+	a = b.do(t, "POST", "/login", url.Values{"token": {"wrong"}, "next": {flip}})
+	if a.status != 401 || !strings.Contains(a.body, `name="next" value="`+flip+`"`) {
+		t.Fatalf("wrong token: %d, want the form returning to %s\n%s", a.status, flip, a.body)
+	}
+	a = b.do(t, "POST", "/login", url.Values{"token": {token}, "next": {flip}})
+	if a.status != 303 || a.header.Get("Location") != flip {
+		t.Fatalf("right token: %d Location %q, want 303 to %s", a.status, a.header.Get("Location"), flip)
+	}
+	if got := f.apiDomain(t, pageDomain).State; got != "old" {
+		t.Errorf("state %s: a login changed it", got)
+	}
+}
