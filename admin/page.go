@@ -87,14 +87,14 @@ type statusPage struct {
 func (s *server) routePage(mux *http.ServeMux) {
 	p := &statusPage{s: s, sessions: newOpSessions()}
 	mux.Handle("GET /{$}", p.serve(p.getPage))
-	mux.Handle("/{$}", s.notAllowed("GET"))
+	mux.Handle("/{$}", p.notAllowed("GET"))
 	mux.Handle("POST /login", p.serve(p.postLogin))
-	mux.Handle("/login", s.notAllowed("POST"))
+	mux.Handle("/login", p.notAllowed("POST"))
 	mux.Handle("POST /logout", p.serve(p.postLogout))
-	mux.Handle("/logout", s.notAllowed("POST"))
+	mux.Handle("/logout", p.notAllowed("POST"))
 	mux.Handle("GET /domains/{domain}/flip", p.serve(p.getFlip))
 	mux.Handle("POST /domains/{domain}/flip", p.serve(p.postFlip))
-	mux.Handle("/domains/{domain}/flip", s.notAllowed("GET, POST"))
+	mux.Handle("/domains/{domain}/flip", p.notAllowed("GET, POST"))
 	mux.Handle("GET /assets/status.css", pageAsset("web/status.css", "text/css; charset=utf-8"))
 	mux.Handle("GET /assets/status.js", pageAsset("web/status.js", "text/javascript; charset=utf-8"))
 }
@@ -158,6 +158,15 @@ func (s *server) flipPreview(ctx context.Context, domain, state string) (*FlipPr
 		fp.Reason, fp.Forceable = p.Refused.Reason, true
 	}
 	return fp, nil
+}
+
+// notAllowed answers 405 as a page with the way back: a person who opens
+// /login or /logout by hand gets a page, not a JSON document.
+func (p *statusPage) notAllowed(allow string) http.Handler {
+	return p.serve(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Allow", allow)
+		return errorf(http.StatusMethodNotAllowed, "%s does not answer %s (only %s): use the buttons of the status page.", r.URL.Path, r.Method, allow)
+	})
 }
 
 // serve renders the error h returns as an HTML page.

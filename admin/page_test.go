@@ -279,6 +279,10 @@ func TestPageAssetsAndMethods(t *testing.T) {
 		if a.status != 405 || a.header.Get("Allow") != tc.allow {
 			t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, a.status, a.header.Get("Allow"), tc.allow)
 		}
+		// A person who opens /login by hand gets a page with the way back.
+		if !strings.HasPrefix(a.header.Get("Content-Type"), "text/html") || !strings.Contains(a.body, `href="/"`) {
+			t.Errorf("%s %s: %q, want an HTML page linking back to /\n%s", tc.method, tc.path, a.header.Get("Content-Type"), a.body)
+		}
 	}
 }
 
