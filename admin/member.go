@@ -16,7 +16,7 @@ package admin
 //	GET  /me             the login form, or the member's page when logged in
 //	POST /me/login       address, password, csrf -> 303 to /me, or the form with why not
 //	POST /me/logout      csrf -> 303 to /me
-//	POST /me/credential  username, password, csrf -> the page with the outcome
+//	POST /me/credential  username, password, csrf -> 303 to /me, which says they were saved; or the page with why not
 //
 // Implementation notes:
 //
@@ -177,7 +177,13 @@ type session struct {
 }
 
 // Session flags.
-const flagNeedsCredential = 1 // the login found the new provider's vault credentials missing or refused
+const (
+	flagNeedsCredential = 1 // the login found the new provider's vault credentials missing or refused
+	// flagSaved says the credentials were just saved: the next GET /me
+	// says so once. The form's answer is a redirect (post/redirect/get),
+	// so that reloading the page does not send the credentials again.
+	flagSaved = 2
+)
 
 // encode returns the cookie value of ses: base64url(payload).base64url(mac).
 func (m *memberPage) encode(ses *session) string {
@@ -401,6 +407,10 @@ func insecure(r *http.Request) bool {
 	return ip == nil || !ip.IsLoopback()
 }
 
+var msgSaved = &flash{OK: true, Credential: true, text: text{
+	"Il nuovo gestore ha accettato le credenziali, che sono state salvate in modo cifrato. Non deve fare altro.",
+	"The new provider accepted the credentials; they are stored encrypted. You need do nothing else."}}
+
 var msgInsecure = &flash{text: text{
 	"Questa pagina va aperta solo con un collegamento protetto (https). Usi l'indirizzo che le ha dato l'assistenza del suo Ordine.",
 	"This page must be opened over a secure connection (https) only. Use the address your Order's IT support gave you."}}
@@ -415,7 +425,13 @@ func (m *memberPage) getMe(w http.ResponseWriter, r *http.Request) {
 		m.loginForm(w, r, http.StatusOK, ses, "", nil)
 		return
 	}
-	m.memberPageFor(w, r, http.StatusOK, ses, nil)
+	var f *flash
+	if ses.flags&flagSaved != 0 {
+		f = msgSaved
+		ses.flags &^= flagSaved
+		m.setCookie(w, r, ses)
+	}
+	m.memberPageFor(w, r, http.StatusOK, ses, f)
 }
 
 // readForm parses a bounded POST form; false when it is not one.
@@ -522,13 +538,9 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		m.s.Log.Info("member set vault credentials", "user", ses.user, "remote", ip)
-		if ses.flags&flagNeedsCredential != 0 {
-			ses.flags &^= flagNeedsCredential
-			m.setCookie(w, r, ses)
-		}
-		m.memberPageFor(w, r, http.StatusOK, ses, &flash{OK: true, Credential: true, text: text{
-			"Il nuovo gestore ha accettato le credenziali, che sono state salvate in modo cifrato. Non deve fare altro.",
-			"The new provider accepted the credentials; they are stored encrypted. You need do nothing else."}})
+		ses.flags = ses.flags&^flagNeedsCredential | flagSaved
+		m.setCookie(w, r, ses)
+		http.Redirect(w, r, "/me", http.StatusSeeOther)
 	case errors.Is(err, ErrMemberRefused):
 		m.s.Log.Info("member vault credentials refused", "user", ses.user, "remote", ip)
 		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{Credential: true, text: text{

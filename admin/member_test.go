@@ -731,3 +731,30 @@ func TestMemberEscapesFolderAndProviderText(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberCredentialRedirects: saving the credentials answers a
+// redirect to /me (post/redirect/get), which says once that they were
+// saved: reloading the page neither sends them again nor repeats it.
+func TestMemberCredentialRedirects(t *testing.T) {
+	f := newMemberFixture(t, false)
+	c := f.client(t)
+	_, body := f.login(t, c, anna, "anna-pw")
+	noFollow := *c
+	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := noFollow.PostForm(f.srv.URL+"/me/credential", url.Values{"csrf": {csrfOf(t, body)}, "username": {"IC-12345"}, "password": {"new-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/me" {
+		t.Fatalf("right credentials: %d Location %q, want 303 to /me", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	tries := f.creds.tries
+	_, body = get(t, c, f.srv.URL+"/me")
+	mustContain(t, "after saving", body, "salvate in modo cifrato", "accepted the credentials")
+	_, body = get(t, c, f.srv.URL+"/me") // a reload
+	mustNotContain(t, "reloaded", body, "salvate in modo cifrato", "accepted the credentials")
+	if f.creds.tries != tries {
+		t.Errorf("the page tried the credentials %d more times after saving", f.creds.tries-tries)
+	}
+}
