@@ -582,8 +582,8 @@ func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error
 	v := &memberView{LoggedIn: true, User: user, CSRF: m.csrf(ses.id), NeedsCredential: ses.flags&flagNeedsCredential != 0}
 	rt := m.s.Router.Route(user)
 	if rt == nil {
-		v.Phase = text{"Il suo indirizzo non è più servito da questo gateway. Chieda all'assistenza del suo Ordine.",
-			"Your address is no longer served by this gateway. Ask your Order's IT support."}
+		v.Phase = text{"Il suo indirizzo non è più gestito da questo servizio. Chieda all'assistenza del suo Ordine.",
+			"Your address is no longer handled by this service. Ask your Order's IT support."}
 		return v, nil
 	}
 	if cs := m.s.Credentials; cs != nil && cs.NewProviderUsesVault(user) {
@@ -704,7 +704,8 @@ func phaseText(rt *store.Route, p *UserProgress) (text, bool) {
 var problemTexts = map[string][2]text{
 	"needs-login": {
 		{"La copia aveva bisogno della sua password.", "The copy needed your password."},
-		{"Nulla: averla inserita qui basta finché il gateway resta acceso.", "Nothing: entering it here is enough while the gateway keeps running."}},
+		{"Nulla: averla inserita qui basta. Se il servizio viene riavviato prima della fine della copia, potrà esserle chiesto di accedere di nuovo.",
+			"Nothing: entering it here is enough. If the service restarts before the copy ends, you may be asked to log in again."}},
 	"no-credential": {
 		{"Mancano le credenziali del nuovo gestore: senza di esse la posta non può essere copiata.",
 			"The new provider's credentials are missing: without them your mail cannot be copied."},
@@ -733,7 +734,7 @@ var problemTexts = map[string][2]text{
 
 var otherProblem = [2]text{
 	{"Un problema tecnico durante la copia.", "A technical problem while copying."},
-	{"Nulla: l'assistenza del suo Ordine lo vede nei registri del gateway.", "Nothing: your Order's IT support sees it in the gateway's logs."}}
+	{"Nulla: l'assistenza del suo Ordine lo vede nei registri del servizio.", "Nothing: your Order's IT support sees it in the service's logs."}}
 
 // problemViews groups errs by kind, in the order first met.
 func problemViews(errs []ProgressError) []problemView {
