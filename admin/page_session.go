@@ -24,10 +24,15 @@ package admin
 //     (throttleAddr), and loginFailuresAll per loginWindow for the whole
 //     process as a backstop against guessing from many addresses; the
 //     others are answered 429 without being compared. Everybody on the
-//     gateway's own machine shares the loopback address: there, the bearer
-//     token (pecgate status, curl) still works while the form is throttled.
-//   - Signing, CSRF tokens, revocation and the throttle are session.go's,
-//     shared with the member page.
+//     gateway's own machine shares the loopback address: there, the API
+//     (/api/, what pecgate status and curl use) still takes the token
+//     while the page is throttled.
+//   - Unless admin.allow_non_loopback, the page answers only requests that
+//     name the gateway by IP address, localhost or [server] hostname
+//     (localHost): against DNS rebinding, where an attacker's site re-points
+//     its name at 127.0.0.1 and so becomes "same origin" with the page.
+//   - Signing, CSRF tokens and revocation are session.go's, shared with the
+//     member page; so are the throttle and localHost, used here only.
 
 import (
 	"crypto/hmac"
