@@ -16,7 +16,7 @@ package admin
 //	GET  /me             the login form, or the member's page when logged in
 //	POST /me/login       address, password, csrf -> 303 to /me, or the form with why not
 //	POST /me/logout      csrf -> 303 to /me
-//	POST /me/credential  username, password, csrf -> the page with the outcome
+//	POST /me/credential  username, password, csrf -> 303 to /me, which says they were saved; or the page with why not
 //
 // Implementation notes:
 //
@@ -31,7 +31,9 @@ package admin
 //     session fixation). Logging out revokes the id until it would have
 //     expired anyway.
 //   - Every POST carries a CSRF token, HMAC of the session id under the
-//     same key, compared in constant time.
+//     same key, compared in constant time. Signing, CSRF tokens and
+//     revocation are session.go's, shared with the status page (each page
+//     with its own key).
 //   - The address shown and read is the session's, never one from the
 //     URL or a form: no request can name another member.
 //   - Passwords travel only over TLS, or over loopback (the admin
@@ -45,13 +47,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
@@ -61,7 +59,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	gosync "sync"
 	"time"
 	"unicode/utf16"
 
@@ -120,18 +117,12 @@ var memberTemplate = template.Must(template.New("member").Parse(memberHTML))
 
 // memberPage serves /me.
 type memberPage struct {
-	s   *server
-	key [32]byte
-	now func() time.Time
-
-	mu      gosync.Mutex
-	revoked map[string]time.Time // session id -> its expiry
+	s *server
+	*sessionKeys
 }
 
 func newMemberPage(s *server) *memberPage {
-	m := &memberPage{s: s, now: time.Now, revoked: map[string]time.Time{}}
-	rand.Read(m.key[:])
-	return m
+	return &memberPage{s: s, sessionKeys: newSessionKeys()}
 }
 
 // routeMember registers the member page on mux, when Options.MemberAuth
@@ -186,16 +177,13 @@ type session struct {
 }
 
 // Session flags.
-const flagNeedsCredential = 1 // the login found the new provider's vault credentials missing or refused
-
-func (m *memberPage) mac(parts ...string) []byte {
-	h := hmac.New(sha256.New, m.key[:])
-	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
-	}
-	return h.Sum(nil)
-}
+const (
+	flagNeedsCredential = 1 // the login found the new provider's vault credentials missing or refused
+	// flagSaved says the credentials were just saved: the next GET /me
+	// says so once. The form's answer is a redirect (post/redirect/get),
+	// so that reloading the page does not send the credentials again.
+	flagSaved = 2
+)
 
 // encode returns the cookie value of ses: base64url(payload).base64url(mac).
 func (m *memberPage) encode(ses *session) string {
@@ -204,7 +192,7 @@ func (m *memberPage) encode(ses *session) string {
 	payload = append(payload, ses.flags)
 	payload = append(payload, ses.user...)
 	b64 := base64.RawURLEncoding.EncodeToString(payload)
-	return b64 + "." + base64.RawURLEncoding.EncodeToString(m.mac("session", b64))
+	return b64 + "." + m.mac64("session", b64)
 }
 
 // session returns r's valid session: signed by this process, not
@@ -235,10 +223,7 @@ func (m *memberPage) session(r *http.Request) *session {
 	if !m.now().Before(ses.exp) {
 		return nil
 	}
-	m.mu.Lock()
-	_, gone := m.revoked[ses.id]
-	m.mu.Unlock()
-	if gone {
+	if m.isRevoked(ses.id) {
 		return nil
 	}
 	return ses
@@ -246,9 +231,7 @@ func (m *memberPage) session(r *http.Request) *session {
 
 // newSession returns a fresh session of user ("" before the login).
 func (m *memberPage) newSession(user string) *session {
-	var id [16]byte
-	rand.Read(id[:])
-	return &session{exp: m.now().Add(memberSessionTTL).Truncate(time.Second), id: hex.EncodeToString(id[:]), user: user}
+	return &session{exp: m.now().Add(memberSessionTTL).Truncate(time.Second), id: m.newID(), user: user}
 }
 
 // setCookie sends ses as the session cookie.
@@ -265,29 +248,13 @@ func (m *memberPage) clearCookie(w http.ResponseWriter, r *http.Request) {
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 }
 
-// csrf is the CSRF token of ses.
-func (m *memberPage) csrf(ses *session) string {
-	return base64.RawURLEncoding.EncodeToString(m.mac("csrf", ses.id))
-}
-
 // checkCSRF reports whether the form's token is ses's.
 func (m *memberPage) checkCSRF(r *http.Request, ses *session) bool {
-	want := m.csrf(ses)
-	return subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(want)) == 1
+	return m.csrfOK(ses.id, r.PostFormValue("csrf"))
 }
 
-// revoke ends ses before its expiry.
-func (m *memberPage) revoke(ses *session) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := m.now()
-	for id, exp := range m.revoked {
-		if !now.Before(exp) {
-			delete(m.revoked, id)
-		}
-	}
-	m.revoked[ses.id] = ses.exp
-}
+// end revokes ses before its expiry.
+func (m *memberPage) end(ses *session) { m.revoke(ses.id, ses.exp) }
 
 // clientIP is the request's remote IP, for the limiter. Forwarding headers
 // are not trusted: anyone could send them.
@@ -305,6 +272,9 @@ type text struct{ IT, EN string }
 // flash is a message shown at the top of a page.
 type flash struct {
 	OK bool // a success; else a problem
+	// Credential is set on the outcome of the credential form: a problem
+	// then shows the form open, to try again.
+	Credential bool
 	text
 }
 
@@ -315,6 +285,9 @@ type memberView struct {
 	Address  string // the login form's address, kept after a refusal
 	LoggedIn bool
 	User     string
+	// NoStartLink drops the link back to /me from a page without a form:
+	// the clear-text refusal, where that link leads back to it.
+	NoStartLink bool
 
 	Phase    text
 	Safe     bool // the old mailbox is only read: say so
@@ -328,7 +301,10 @@ type memberView struct {
 
 	NeedsCredential bool // the login found the vault's credentials missing or refused
 	Vault           bool // show the credential form
-	VaultUser       string
+	// CredentialOpen shows the credential form open: the credentials are
+	// missing or were refused; else it is folded under a summary, so that
+	// a member whose copy runs does not think there is more to do.
+	CredentialOpen bool
 }
 
 type folderView struct {
@@ -375,7 +351,7 @@ func (m *memberPage) loginForm(w http.ResponseWriter, r *http.Request, status in
 		ses = m.newSession("")
 	}
 	m.setCookie(w, r, ses)
-	m.render(w, r, status, &memberView{CSRF: m.csrf(ses), Flash: f, Address: address})
+	m.render(w, r, status, &memberView{CSRF: m.csrf(ses.id), Flash: f, Address: address})
 }
 
 // stale answers a POST without a valid session or CSRF token: 403 and
@@ -431,13 +407,17 @@ func insecure(r *http.Request) bool {
 	return ip == nil || !ip.IsLoopback()
 }
 
+var msgSaved = &flash{OK: true, Credential: true, text: text{
+	"Il nuovo gestore ha accettato le credenziali, che sono state salvate in modo cifrato. Non deve fare altro.",
+	"The new provider accepted the credentials; they are stored encrypted. You need do nothing else."}}
+
 var msgInsecure = &flash{text: text{
 	"Questa pagina va aperta solo con un collegamento protetto (https). Usi l'indirizzo che le ha dato l'assistenza del suo Ordine.",
 	"This page must be opened over a secure connection (https) only. Use the address your Order's IT support gave you."}}
 
 func (m *memberPage) getMe(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -445,7 +425,13 @@ func (m *memberPage) getMe(w http.ResponseWriter, r *http.Request) {
 		m.loginForm(w, r, http.StatusOK, ses, "", nil)
 		return
 	}
-	m.memberPageFor(w, r, http.StatusOK, ses, nil)
+	var f *flash
+	if ses.flags&flagSaved != 0 {
+		f = msgSaved
+		ses.flags &^= flagSaved
+		m.setCookie(w, r, ses)
+	}
+	m.memberPageFor(w, r, http.StatusOK, ses, f)
 }
 
 // readForm parses a bounded POST form; false when it is not one.
@@ -456,7 +442,7 @@ func readForm(w http.ResponseWriter, r *http.Request) bool {
 
 func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -495,7 +481,7 @@ func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 		m.loginForm(w, r, http.StatusInternalServerError, ses, address, msgInternal)
 		return
 	}
-	m.revoke(ses)
+	m.end(ses)
 	nses := m.newSession(store.CanonicalUser(address))
 	nses.flags = flags
 	m.setCookie(w, r, nses)
@@ -505,7 +491,7 @@ func (m *memberPage) postLogin(w http.ResponseWriter, r *http.Request) {
 
 func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -513,7 +499,7 @@ func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 		m.stale(w, r, ses)
 		return
 	}
-	m.revoke(ses)
+	m.end(ses)
 	m.clearCookie(w, r)
 	if ses.user != "" {
 		m.s.Log.Info("member logged out", "user", ses.user, "remote", clientIP(r))
@@ -523,7 +509,7 @@ func (m *memberPage) postLogout(w http.ResponseWriter, r *http.Request) {
 
 func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	if insecure(r) {
-		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure})
+		m.render(w, r, http.StatusForbidden, &memberView{Flash: msgInsecure, NoStartLink: true})
 		return
 	}
 	ses := m.session(r)
@@ -533,7 +519,7 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	}
 	cs := m.s.Credentials
 	if cs == nil || !cs.NewProviderUsesVault(ses.user) {
-		m.memberPageFor(w, r, http.StatusNotFound, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusNotFound, ses, &flash{Credential: true, text: text{
 			"Per la sua casella non serve inserire credenziali del nuovo gestore.",
 			"Your mailbox needs no credentials for the new provider."}})
 		return
@@ -542,7 +528,7 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	password := r.PostFormValue("password")
 	if username == "" || password == "" || len(username) > 320 || len(password) > 1024 ||
 		strings.ContainsAny(username, "\x00\r\n") || strings.ContainsAny(password, "\x00\r\n") {
-		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{Credential: true, text: text{
 			"Scriva il nome utente e la password del nuovo gestore.",
 			"Enter the username and the password of the new provider."}})
 		return
@@ -552,25 +538,21 @@ func (m *memberPage) postCredential(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		m.s.Log.Info("member set vault credentials", "user", ses.user, "remote", ip)
-		if ses.flags&flagNeedsCredential != 0 {
-			ses.flags &^= flagNeedsCredential
-			m.setCookie(w, r, ses)
-		}
-		m.memberPageFor(w, r, http.StatusOK, ses, &flash{OK: true, text: text{
-			"Il nuovo gestore ha accettato le credenziali, che sono state salvate in modo cifrato. Non deve fare altro.",
-			"The new provider accepted the credentials; they are stored encrypted. You need do nothing else."}})
+		ses.flags = ses.flags&^flagNeedsCredential | flagSaved
+		m.setCookie(w, r, ses)
+		http.Redirect(w, r, "/me", http.StatusSeeOther)
 	case errors.Is(err, ErrMemberRefused):
 		m.s.Log.Info("member vault credentials refused", "user", ses.user, "remote", ip)
-		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusBadRequest, ses, &flash{Credential: true, text: text{
 			"Il nuovo gestore ha rifiutato nome utente o password: non è stato salvato nulla. Controlli i dati ricevuti dal nuovo gestore (spesso il nome utente non è l'indirizzo PEC) e riprovi.",
 			"The new provider refused the username or password: nothing was stored. Check the details the new provider gave you (the username is often not the PEC address) and try again."}})
 	case errors.Is(err, ErrMemberThrottled):
-		m.memberPageFor(w, r, http.StatusTooManyRequests, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusTooManyRequests, ses, &flash{Credential: true, text: text{
 			"Troppi tentativi non riusciti: per non far bloccare la nuova casella attenda almeno 5 minuti prima di riprovare.",
 			"Too many failed attempts: so that the new mailbox is not locked, wait at least 5 minutes before trying again."}})
 	case errors.Is(err, ErrMemberUnavailable):
 		m.s.Log.Warn("member vault credentials not checked", "user", ses.user, "reason", "provider unavailable", "err", err)
-		m.memberPageFor(w, r, http.StatusServiceUnavailable, ses, &flash{text: text{
+		m.memberPageFor(w, r, http.StatusServiceUnavailable, ses, &flash{Credential: true, text: text{
 			"Il nuovo gestore non risponde: non è stato salvato nulla. Riprovi tra qualche minuto.",
 			"The new provider does not answer: nothing was stored. Please try again in a few minutes."}})
 	default:
@@ -584,21 +566,24 @@ func (m *memberPage) memberPageFor(w http.ResponseWriter, r *http.Request, statu
 	v, err := m.view(r.Context(), ses)
 	if err != nil {
 		m.s.Log.Error("member page", "user", ses.user, "err", err)
-		v = &memberView{LoggedIn: true, User: ses.user, CSRF: m.csrf(ses)}
+		v = &memberView{LoggedIn: true, User: ses.user, CSRF: m.csrf(ses.id)}
 		f, status = msgInternal, http.StatusInternalServerError
 	}
 	v.Flash = f
+	if f != nil && f.Credential && !f.OK {
+		v.CredentialOpen = v.Vault
+	}
 	m.render(w, r, status, v)
 }
 
 // view gathers what the member's page shows: only ses.user's records.
 func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error) {
 	user := ses.user
-	v := &memberView{LoggedIn: true, User: user, CSRF: m.csrf(ses), NeedsCredential: ses.flags&flagNeedsCredential != 0}
+	v := &memberView{LoggedIn: true, User: user, CSRF: m.csrf(ses.id), NeedsCredential: ses.flags&flagNeedsCredential != 0}
 	rt := m.s.Router.Route(user)
 	if rt == nil {
-		v.Phase = text{"Il suo indirizzo non è più servito da questo gateway. Chieda all'assistenza del suo Ordine.",
-			"Your address is no longer served by this gateway. Ask your Order's IT support."}
+		v.Phase = text{"Il suo indirizzo non è più gestito da questo servizio. Chieda all'assistenza del suo Ordine.",
+			"Your address is no longer handled by this service. Ask your Order's IT support."}
 		return v, nil
 	}
 	if cs := m.s.Credentials; cs != nil && cs.NewProviderUsesVault(user) {
@@ -655,6 +640,19 @@ func (m *memberPage) view(ctx context.Context, ses *session) (*memberView, error
 		v.Problems = problemViews(v.Progress.Errors)
 	}
 	v.Phase, v.Safe = phaseText(rt, v.Progress)
+	v.CredentialOpen = v.Vault && v.NeedsCredential
+	if v.Vault && v.Progress != nil {
+		v.CredentialOpen = v.CredentialOpen || slices.ContainsFunc(v.Progress.Errors, func(e ProgressError) bool {
+			return e.Kind == "no-credential" || e.Kind == "auth"
+		})
+		if rt.State == config.StateMigrating && v.Progress.State != PhaseDone && slices.ContainsFunc(v.Progress.Errors, func(e ProgressError) bool {
+			return e.Kind == "no-credential"
+		}) {
+			// It does not retry its way out of this: the member must act.
+			v.Phase = text{"La copia è ferma: servono le credenziali del nuovo gestore. Le inserisca nel modulo qui sotto; poi la copia riparte da sola.",
+				"The copy is stopped: it needs the new provider's credentials. Enter them in the form below; the copy then starts again by itself."}
+		}
+	}
 	v.Folders = folderViews(fm, maps, prog)
 	return v, nil
 }
@@ -695,7 +693,7 @@ func phaseText(rt *store.Route, p *UserProgress) (text, bool) {
 		return text{"La copia aspettava la sua password: accedere a questa pagina (o leggere la posta con il suo programma) basta, e la copia riprende da sola.",
 			"The copy was waiting for your password: logging in to this page (or reading your mail with your mail program) is enough, and the copy resumes by itself."}, true
 	case PhaseFailed:
-		return text{"L'ultimo tentativo di copia non è riuscito (vedi sotto). Riprova da solo.",
+		return text{"L'ultimo tentativo di copia non è riuscito (vedi sotto). La copia riprova da sola.",
 			"The last copy attempt failed (see below). It retries by itself."}, true
 	}
 	return text{"La copia della sua posta verso il nuovo gestore comincerà a breve. Non deve fare nulla.",
@@ -706,7 +704,13 @@ func phaseText(rt *store.Route, p *UserProgress) (text, bool) {
 var problemTexts = map[string][2]text{
 	"needs-login": {
 		{"La copia aveva bisogno della sua password.", "The copy needed your password."},
-		{"Nulla: averla inserita qui basta finché il gateway resta acceso.", "Nothing: entering it here is enough while the gateway keeps running."}},
+		{"Nulla: averla inserita qui basta. Se il servizio viene riavviato prima della fine della copia, potrà esserle chiesto di accedere di nuovo.",
+			"Nothing: entering it here is enough. If the service restarts before the copy ends, you may be asked to log in again."}},
+	"no-credential": {
+		{"Mancano le credenziali del nuovo gestore: senza di esse la posta non può essere copiata.",
+			"The new provider's credentials are missing: without them your mail cannot be copied."},
+		{"Inserisca il nome utente e la password ricevuti dal nuovo gestore nel modulo \"Credenziali del nuovo gestore\" qui sotto: la copia riparte appena sono salvate. Se il modulo non c'è, avvisi l'assistenza del suo Ordine.",
+			"Enter the username and password the new provider gave you in the \"New provider's credentials\" form below: the copy starts again as soon as they are saved. If the form is not there, tell your Order's IT support."}},
 	"auth": {
 		{"Un gestore ha rifiutato l'accesso usato per la copia.", "A provider refused the login used for copying."},
 		{"Se qui sotto c'è il modulo per le credenziali del nuovo gestore, le inserisca; altrimenti avvisi l'assistenza del suo Ordine. Con Aruba e l'accesso a due fattori serve una \"password per app\".",
@@ -730,7 +734,7 @@ var problemTexts = map[string][2]text{
 
 var otherProblem = [2]text{
 	{"Un problema tecnico durante la copia.", "A technical problem while copying."},
-	{"Nulla: l'assistenza del suo Ordine lo vede nei registri del gateway.", "Nothing: your Order's IT support sees it in the gateway's logs."}}
+	{"Nulla: l'assistenza del suo Ordine lo vede nei registri del servizio.", "Nothing: your Order's IT support sees it in the service's logs."}}
 
 // problemViews groups errs by kind, in the order first met.
 func problemViews(errs []ProgressError) []problemView {

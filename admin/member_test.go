@@ -664,8 +664,99 @@ func TestMemberInsecure(t *testing.T) {
 			t.Errorf("%s %s from another machine in clear: %d, form shown %v", tc.method, tc.path, rec.Code, strings.Contains(body, "<form"))
 		}
 		mustContain(t, tc.path, body, "https")
+		mustNotContain(t, tc.path, body, `href="/me"`) // back to this very page: a loop
 	}
 	if n := f.auth.callCount(); n != 0 {
 		t.Errorf("CheckLogin called %d times for clear-text requests", n)
+	}
+}
+
+// TestMemberCredentialForm: a member whose copy waits for the new
+// provider's credentials is told, in the problem list, to enter them in
+// the form, which is open; a member whose copy runs sees the form folded
+// (nothing more to do), open again after a refusal, to retry.
+func TestMemberCredentialForm(t *testing.T) {
+	f := newMemberFixture(t, false)
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	err := f.st.Update(context.Background(), func(tx store.Tx) error {
+		return store.PutProgress(tx, &store.Progress{User: marco, State: PhaseFailed, Updated: at,
+			Errors: []store.ProgressError{{Kind: "no-credential", Message: "infocert vault login: no vault credentials", At: at},
+				{Kind: "needs-login", Message: "copy waits", At: at}, {Kind: "something-new", Message: "?", At: at}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t)
+	_, body := f.login(t, c, marco, "marco-pw")
+	mustContain(t, "marco without credentials", body,
+		"Mancano le credenziali del nuovo gestore", "The new provider's credentials are missing",
+		"nel modulo", `id="credential-box"`, `action="/me/credential"`,
+		"La copia è ferma: servono le credenziali del nuovo gestore", "The copy is stopped: it needs the new provider's credentials",
+		"non è ancora noto") // no total yet: not "shortly"
+	mustNotContain(t, "marco without credentials", body, `id="credential-change"`, "retries by itself",
+		"gateway") // a word for IT staff, not for a doctor or a nurse
+
+	c = f.client(t)
+	_, body = f.login(t, c, anna, "anna-pw")
+	mustContain(t, "anna, copying", body, `id="credential-change"`, "Cambiare le credenziali", `action="/me/credential"`)
+	mustNotContain(t, "anna, copying", body, `id="credential-box"`)
+	code, body := post(t, c, f.srv.URL+"/me/credential", url.Values{"csrf": {csrfOf(t, body)}, "username": {"x"}, "password": {"y"}})
+	if code != http.StatusBadRequest {
+		t.Fatalf("refused credentials: %d", code)
+	}
+	mustContain(t, "anna, refused", body, `id="credential-box"`, "non è stato salvato nulla")
+}
+
+// TestMemberEscapesFolderAndProviderText: folder names (the member's own
+// choice) and provider error texts are shown as text, never as markup.
+func TestMemberEscapesFolderAndProviderText(t *testing.T) {
+	f := newMemberFixture(t, false)
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	err := f.st.Update(context.Background(), func(tx store.Tx) error {
+		if err := store.PutFolderMap(tx, marco, &store.FolderMap{Folders: []store.Folder{{Old: "INBOX"}, {Old: `"><img src=x onerror=alert(1)>`}}}); err != nil {
+			return err
+		}
+		return store.PutProgress(tx, &store.Progress{User: marco, State: PhaseFailed, Updated: at,
+			Errors: []store.ProgressError{{Kind: "upstream", Message: "NO <script>alert(2)</script>", Mailbox: `<svg onload=alert(3)>`, At: at}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t)
+	_, body := f.login(t, c, marco, "marco-pw")
+	if !strings.Contains(body, "&lt;script&gt;alert(2)&lt;/script&gt;") || !strings.Contains(body, "&lt;img src=x onerror=alert(1)&gt;") {
+		t.Fatalf("the folder or the provider's text is not on the page, escaped:\n%s", body)
+	}
+	for _, bad := range []string{"<script>alert", "<img src=x", "<svg onload"} {
+		if strings.Contains(body, bad) {
+			t.Errorf("the page carries %q as markup", bad)
+		}
+	}
+}
+
+// TestMemberCredentialRedirects: saving the credentials answers a
+// redirect to /me (post/redirect/get), which says once that they were
+// saved: reloading the page neither sends them again nor repeats it.
+func TestMemberCredentialRedirects(t *testing.T) {
+	f := newMemberFixture(t, false)
+	c := f.client(t)
+	_, body := f.login(t, c, anna, "anna-pw")
+	noFollow := *c
+	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := noFollow.PostForm(f.srv.URL+"/me/credential", url.Values{"csrf": {csrfOf(t, body)}, "username": {"IC-12345"}, "password": {"new-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/me" {
+		t.Fatalf("right credentials: %d Location %q, want 303 to /me", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	tries := f.creds.tries
+	_, body = get(t, c, f.srv.URL+"/me")
+	mustContain(t, "after saving", body, "salvate in modo cifrato", "accepted the credentials")
+	_, body = get(t, c, f.srv.URL+"/me") // a reload
+	mustNotContain(t, "reloaded", body, "salvate in modo cifrato", "accepted the credentials")
+	if f.creds.tries != tries {
+		t.Errorf("the page tried the credentials %d more times after saving", f.creds.tries-tries)
 	}
 }

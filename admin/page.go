@@ -24,7 +24,6 @@ package admin
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"embed"
 	"errors"
 	"fmt"
@@ -88,14 +87,14 @@ type statusPage struct {
 func (s *server) routePage(mux *http.ServeMux) {
 	p := &statusPage{s: s, sessions: newOpSessions()}
 	mux.Handle("GET /{$}", p.serve(p.getPage))
-	mux.Handle("/{$}", s.notAllowed("GET"))
+	mux.Handle("/{$}", p.notAllowed("GET"))
 	mux.Handle("POST /login", p.serve(p.postLogin))
-	mux.Handle("/login", s.notAllowed("POST"))
+	mux.Handle("/login", p.notAllowed("POST"))
 	mux.Handle("POST /logout", p.serve(p.postLogout))
-	mux.Handle("/logout", s.notAllowed("POST"))
+	mux.Handle("/logout", p.notAllowed("POST"))
 	mux.Handle("GET /domains/{domain}/flip", p.serve(p.getFlip))
 	mux.Handle("POST /domains/{domain}/flip", p.serve(p.postFlip))
-	mux.Handle("/domains/{domain}/flip", s.notAllowed("GET, POST"))
+	mux.Handle("/domains/{domain}/flip", p.notAllowed("GET, POST"))
 	mux.Handle("GET /assets/status.css", pageAsset("web/status.css", "text/css; charset=utf-8"))
 	mux.Handle("GET /assets/status.js", pageAsset("web/status.js", "text/javascript; charset=utf-8"))
 }
@@ -161,6 +160,15 @@ func (s *server) flipPreview(ctx context.Context, domain, state string) (*FlipPr
 	return fp, nil
 }
 
+// notAllowed answers 405 as a page with the way back: a person who opens
+// /login or /logout by hand gets a page, not a JSON document.
+func (p *statusPage) notAllowed(allow string) http.Handler {
+	return p.serve(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Allow", allow)
+		return errorf(http.StatusMethodNotAllowed, "%s does not answer %s (only %s): use the buttons of the status page.", r.URL.Path, r.Method, allow)
+	})
+}
+
 // serve renders the error h returns as an HTML page.
 func (p *statusPage) serve(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -168,10 +176,31 @@ func (p *statusPage) serve(h handlerFunc) http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "same-origin") // "no-referrer" would make the browser send "Origin: null"
 		w.Header().Set("X-Frame-Options", "DENY")
+		if !p.hostOK(r) {
+			p.s.Log.Warn("admin page: request for a foreign host name refused", "host", r.Host, "remote", r.RemoteAddr)
+			p.render(w, http.StatusMisdirectedRequest, "message", opMessageView{opPageBase: opPageBase{Title: "Wrong address", Now: time.Now().UTC()}, Status: http.StatusMisdirectedRequest,
+				Message: "This page answers only at the gateway's own addresses: an IP address such as http://127.0.0.1:PORT/ (an SSH tunnel works), localhost, or the [server] hostname of its configuration. A proxy in front of it must pass one of those as the Host header."})
+			return
+		}
 		if err := h(w, r); err != nil {
 			p.fail(w, r, err)
 		}
 	})
+}
+
+// hostOK reports whether r names the gateway as a page may be reached:
+// any name when the admin listener may listen beyond loopback
+// (admin.allow_non_loopback), else localHost's.
+func (p *statusPage) hostOK(r *http.Request) bool {
+	c := p.s.Config
+	if c != nil && c.Admin.AllowNonLoopback {
+		return true
+	}
+	hostname := ""
+	if c != nil {
+		hostname = c.Server.Hostname
+	}
+	return localHost(r, hostname)
 }
 
 func (p *statusPage) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -180,7 +209,7 @@ func (p *statusPage) fail(w http.ResponseWriter, r *http.Request, err error) {
 		p.s.Log.Error("admin page request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
 	}
 	v := opMessageView{opPageBase: opPageBase{Title: http.StatusText(e.Status)}, Status: e.Status, Message: e.Message}
-	if a := p.opAuthOf(r); a.ok() {
+	if a := p.authOf(r, false); a.ok() {
 		v.opPageBase = p.base(a, v.Title)
 	}
 	p.render(w, e.Status, "message", v)
@@ -223,15 +252,31 @@ type opLoginView struct {
 	opPageBase
 	Next    string
 	Message string // why the form is shown again; "" the first time
+	// ClearText is set when the form would send the token in clear text
+	// over the network (plain HTTP from another machine, with
+	// admin.allow_non_loopback): the form says so.
+	ClearText bool
 }
 
-// showLogin answers the token form with status.
+// showLogin answers the token form with status. The form returns to the
+// page the operator was on: the one asked for, the one a wrong token was
+// meant to open, or the confirmation of a flip whose session ended.
 func (p *statusPage) showLogin(w http.ResponseWriter, r *http.Request, status int, msg string) error {
 	next := "/"
-	if r.Method == http.MethodGet {
-		next = opSafeNext(r.URL.RequestURI())
+	switch {
+	case r.Method == http.MethodGet:
+		next = r.URL.RequestURI()
+	case r.URL.Path == "/login":
+		next = r.PostForm.Get("next")
+	case r.PathValue("domain") != "":
+		next = "/domains/" + url.PathEscape(r.PathValue("domain")) + "/flip"
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if r.ParseForm() == nil && r.PostForm.Get("state") != "" {
+			next += "?state=" + url.QueryEscape(r.PostForm.Get("state"))
+		}
 	}
-	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg})
+	next = opSafeNext(next)
+	return p.render(w, status, "login", opLoginView{opPageBase: opPageBase{Title: "Log in", Now: time.Now().UTC()}, Next: next, Message: msg, ClearText: insecure(r)})
 }
 
 // checkPost refuses a state-changing POST from another origin, or made
@@ -247,8 +292,7 @@ func (p *statusPage) checkPost(w http.ResponseWriter, r *http.Request, a opAuth)
 	if a.bearer {
 		return nil
 	}
-	want := p.sessions.csrf(a.sid)
-	if got := r.PostForm.Get("csrf"); got == "" || !hmac.Equal([]byte(got), []byte(want)) {
+	if !p.sessions.csrfOK(a.sid, r.PostForm.Get("csrf")) {
 		return errorf(http.StatusForbidden, "the form's security token is missing or stale: reload the page and try again")
 	}
 	return nil
@@ -265,12 +309,12 @@ func (p *statusPage) postLogin(w http.ResponseWriter, r *http.Request) error {
 	if p.s.Token == "" {
 		return p.showLogin(w, r, http.StatusUnauthorized, "This gateway has no admin token: put one in the file [admin] token_file names and restart it.")
 	}
-	if !p.sessions.allowLogin() {
+	if !p.sessions.allowLogin(r) {
 		p.s.Log.Warn("admin page login throttled", "remote", r.RemoteAddr)
-		return p.showLogin(w, r, http.StatusTooManyRequests, "Too many wrong tokens: wait a minute, then try again.")
+		return p.showLogin(w, r, http.StatusTooManyRequests, "Too many wrong tokens from this address: wait a minute, then try again. Meanwhile pecgate status and the other commands keep working with the token.")
 	}
 	if !p.s.tokenOK(r.PostForm.Get("token")) {
-		p.sessions.failed()
+		p.sessions.failed(r)
 		p.s.Log.Warn("admin page login refused: wrong token", "remote", r.RemoteAddr)
 		return p.showLogin(w, r, http.StatusUnauthorized, "Wrong token. It is the content of the file [admin] token_file names in the gateway's configuration.")
 	}
@@ -288,7 +332,7 @@ func (p *statusPage) postLogout(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if c, err := r.Cookie(opCookie); err == nil {
-		p.sessions.revoke(c.Value)
+		p.sessions.revokeCookie(c.Value)
 	}
 	setOpCookie(w, r, "", -1)
 	http.Redirect(w, r, "/", http.StatusSeeOther)

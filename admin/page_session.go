@@ -19,128 +19,95 @@ package admin
 //     A request with the bearer token ("Authorization: Bearer") passes
 //     without cookie and CSRF token (a browser never adds that header on its
 //     own).
-//   - Wrong tokens are limited to loginFailures per loginWindow per
-//     process; the others are answered 429 without being compared.
+//   - Wrong tokens (on the form or in an Authorization header) are
+//     limited to loginFailures per loginWindow per client address
+//     (throttleAddr), and loginFailuresAll per loginWindow for the whole
+//     process as a backstop against guessing from many addresses; the
+//     others are answered 429 without being compared. Everybody on the
+//     gateway's own machine shares the loopback address: there, the API
+//     (/api/, what pecgate status and curl use) still takes the token
+//     while the page is throttled.
+//   - Unless admin.allow_non_loopback, the page answers only requests that
+//     name the gateway by IP address, localhost or [server] hostname
+//     (localHost): against DNS rebinding, where an attacker's site re-points
+//     its name at 127.0.0.1 and so becomes "same origin" with the page.
+//   - Signing, CSRF tokens and revocation are session.go's, shared with the
+//     member page; so are the throttle and localHost, used here only.
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	gosync "sync"
 	"time"
 )
 
 const (
-	opCookie      = "pecgate_admin"
-	sessionTTL    = 12 * time.Hour
-	loginFailures = 10
-	loginWindow   = time.Minute
+	opCookie         = "pecgate_admin"
+	sessionTTL       = 12 * time.Hour
+	loginFailures    = 10  // wrong tokens per client address per loginWindow
+	loginFailuresAll = 100 // wrong tokens per process per loginWindow
+	loginWindow      = time.Minute
 )
 
 // opSessions signs and checks operator sessions.
 type opSessions struct {
-	key [32]byte
-	now func() time.Time
-
-	mu      gosync.Mutex
-	revoked map[string]time.Time // session ID -> its expiry
-	fails   []time.Time          // wrong tokens within loginWindow
+	*sessionKeys
+	throttle *loginThrottle
 }
 
 func newOpSessions() *opSessions {
-	o := &opSessions{now: time.Now, revoked: map[string]time.Time{}}
-	if _, err := rand.Read(o.key[:]); err != nil {
-		panic(fmt.Sprintf("admin: no randomness for the session key: %v", err))
-	}
-	return o
-}
-
-func (o *opSessions) mac(parts ...string) string {
-	m := hmac.New(sha256.New, o.key[:])
-	for _, p := range parts {
-		m.Write([]byte(p))
-		m.Write([]byte{0})
-	}
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	return &opSessions{sessionKeys: newSessionKeys(), throttle: newLoginThrottle(loginFailures, loginFailuresAll, loginWindow)}
 }
 
 // issue returns a new session cookie's value.
 func (o *opSessions) issue() string {
-	var id [16]byte
-	rand.Read(id[:])
 	exp := strconv.FormatInt(o.now().Add(sessionTTL).Unix(), 10)
-	sid := hex.EncodeToString(id[:])
-	return "v1." + exp + "." + sid + "." + o.mac("session", exp, sid)
+	sid := o.newID()
+	return "v1." + exp + "." + sid + "." + o.mac64("session", exp, sid)
 }
 
 // check returns the session ID of a valid cookie value, or "".
 func (o *opSessions) check(v string) string {
+	sid, _ := o.parse(v)
+	return sid
+}
+
+// parse returns the session ID and the expiry of a valid cookie value, or "".
+func (o *opSessions) parse(v string) (string, time.Time) {
 	f := strings.Split(v, ".")
 	if len(f) != 4 || f[0] != "v1" {
-		return ""
+		return "", time.Time{}
 	}
-	if !hmac.Equal([]byte(f[3]), []byte(o.mac("session", f[1], f[2]))) {
-		return ""
+	if !hmac.Equal([]byte(f[3]), []byte(o.mac64("session", f[1], f[2]))) {
+		return "", time.Time{}
 	}
 	exp, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil || o.now().Unix() >= exp {
-		return ""
+	if err != nil || o.now().Unix() >= exp || o.isRevoked(f[2]) {
+		return "", time.Time{}
 	}
-	o.mu.Lock()
-	_, gone := o.revoked[f[2]]
-	o.mu.Unlock()
-	if gone {
-		return ""
-	}
-	return f[2]
+	return f[2], time.Unix(exp, 0)
 }
 
-// revoke forgets the session of cookie value v.
-func (o *opSessions) revoke(v string) {
-	sid := o.check(v)
-	if sid == "" {
-		return
+// revokeCookie forgets the session of cookie value v.
+func (o *opSessions) revokeCookie(v string) {
+	if sid, exp := o.parse(v); sid != "" {
+		o.revoke(sid, exp)
 	}
-	exp, _ := strconv.ParseInt(strings.Split(v, ".")[1], 10, 64)
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	now := o.now()
-	for id, e := range o.revoked {
-		if now.After(e) {
-			delete(o.revoked, id)
-		}
-	}
-	o.revoked[sid] = time.Unix(exp, 0)
 }
 
-// csrf returns the CSRF token of session sid.
-func (o *opSessions) csrf(sid string) string { return o.mac("csrf", sid) }
-
-// allowLogin reports whether another token may be compared now.
-func (o *opSessions) allowLogin() bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	cut := o.now().Add(-loginWindow)
-	i := 0
-	for i < len(o.fails) && o.fails[i].Before(cut) {
-		i++
-	}
-	o.fails = o.fails[i:]
-	return len(o.fails) < loginFailures
+// allowLogin reports whether another token from r's address may be
+// compared now.
+func (o *opSessions) allowLogin(r *http.Request) bool {
+	return o.throttle.allow(throttleAddr(r), o.now())
 }
 
-func (o *opSessions) failed() {
-	o.mu.Lock()
-	o.fails = append(o.fails, o.now())
-	o.mu.Unlock()
+// failed counts a wrong token from r's address.
+func (o *opSessions) failed(r *http.Request) {
+	o.throttle.failed(throttleAddr(r), o.now())
 }
 
 // opAuth is how a page request is authorised.
@@ -158,10 +125,24 @@ func (s *server) tokenOK(token string) bool {
 }
 
 // opAuthOf returns how r is authorised: the bearer token, or a session
-// cookie; neither gives !ok().
-func (p *statusPage) opAuthOf(r *http.Request) opAuth {
-	if scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "Bearer") && p.s.tokenOK(token) {
-		return opAuth{bearer: true}
+// cookie; neither gives !ok(). A wrong bearer token counts as a failed
+// login of r's address, and a throttled address's bearer token is not
+// compared, as on the form: else the header would be a way around the
+// throttle.
+func (p *statusPage) opAuthOf(r *http.Request) opAuth { return p.authOf(r, true) }
+
+// authOf is opAuthOf; count false does not count a wrong bearer token
+// (for a second look at a request already counted).
+func (p *statusPage) authOf(r *http.Request, count bool) opAuth {
+	if scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "Bearer") {
+		switch {
+		case !p.sessions.allowLogin(r):
+		case p.s.tokenOK(token):
+			return opAuth{bearer: true}
+		case count:
+			p.sessions.failed(r)
+			p.s.Log.Warn("admin page: wrong bearer token", "remote", r.RemoteAddr)
+		}
 	}
 	if c, err := r.Cookie(opCookie); err == nil {
 		return opAuth{sid: p.sessions.check(c.Value)}
@@ -187,9 +168,15 @@ func setOpCookie(w http.ResponseWriter, r *http.Request, value string, maxAge in
 	})
 }
 
-// opSafeNext returns next when it is a path on this host, else "/".
+// opSafeNext returns next when it is a path on this host, else "/". A
+// browser drops tabs and newlines from a URL, so "/\t/evil.example" would
+// be "//evil.example", another host: any control character is refused.
 func opSafeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsRune(next, '\\') ||
+		strings.IndexFunc(next, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
+		return "/"
+	}
+	if u, err := url.Parse(next); err != nil || u.Scheme != "" || u.Host != "" {
 		return "/"
 	}
 	return next

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -277,6 +278,10 @@ func TestPageAssetsAndMethods(t *testing.T) {
 		a := b.do(t, tc.method, tc.path, nil)
 		if a.status != 405 || a.header.Get("Allow") != tc.allow {
 			t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, a.status, a.header.Get("Allow"), tc.allow)
+		}
+		// A person who opens /login by hand gets a page with the way back.
+		if !strings.HasPrefix(a.header.Get("Content-Type"), "text/html") || !strings.Contains(a.body, `href="/"`) {
+			t.Errorf("%s %s: %q, want an HTML page linking back to /\n%s", tc.method, tc.path, a.header.Get("Content-Type"), a.body)
 		}
 	}
 }
@@ -606,4 +611,186 @@ func asError(err error, target **admin.Error) bool {
 		*target = e
 	}
 	return ok
+}
+
+// from returns a browser whose connections come from the loopback address
+// ip (Linux answers all of 127.0.0.0/8), so that tests see the status
+// page's throttle per client address.
+func (f *pageFixture) from(t *testing.T, ip string) *browser {
+	t.Helper()
+	b := f.browser(t)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	b.c.Transport = &http.Transport{DialContext: d.DialContext}
+	return b
+}
+
+// TestPageLoginThrottlePerAddress: wrong tokens from one address lock out
+// that address only (not the operator at another), and a bearer token is
+// no way around the throttle: wrong ones count, and a throttled address's
+// right one is not taken.
+func TestPageLoginThrottlePerAddress(t *testing.T) {
+	f := newPageFixture(t)
+	attacker, operator, guesser := f.from(t, "127.0.0.2"), f.from(t, "127.0.0.3"), f.from(t, "127.0.0.4")
+	for i := range 10 {
+		if a := attacker.do(t, "POST", "/login", url.Values{"token": {"wrong"}}); a.status != 401 {
+			t.Fatalf("wrong token %d: %d, want 401", i, a.status)
+		}
+	}
+	if a := attacker.do(t, "POST", "/login", url.Values{"token": {token}}); a.status != 429 || a.header.Get("Set-Cookie") != "" {
+		t.Fatalf("attacker's right token after 10 wrong ones: %d Set-Cookie %q, want 429 without a session", a.status, a.header.Get("Set-Cookie"))
+	}
+	operator.login(t)
+	if a := operator.get(t, "/"); a.status != 200 || !strings.Contains(a.body, `id="status"`) {
+		t.Fatalf("the operator at another address, after logging in: %d, want the status page", a.status)
+	}
+
+	// Wrong bearer tokens count as wrong tokens; once throttled, not even
+	// the right one is taken.
+	for i := range 10 {
+		if a := guesser.do(t, "GET", "/", nil, "Authorization", "Bearer wrong"); a.status != 200 || !strings.Contains(a.body, `id="login-form"`) {
+			t.Fatalf("wrong bearer token %d: %d, want the login form", i, a.status)
+		}
+	}
+	if a := guesser.do(t, "POST", "/login", url.Values{"token": {token}}); a.status != 429 {
+		t.Fatalf("right token after 10 wrong bearer tokens: %d, want 429", a.status)
+	}
+	if a := guesser.do(t, "GET", "/", nil, "Authorization", "Bearer "+token); !strings.Contains(a.body, `id="login-form"`) {
+		t.Fatalf("a throttled address's bearer token was taken: %d\n%s", a.status, a.body)
+	}
+	if !strings.Contains(f.log.String(), "remote=127.0.0.2") || strings.Contains(f.log.String(), token) {
+		t.Errorf("log lacks the attacker's address, or shows the token:\n%s", f.log.String())
+	}
+}
+
+// TestPageLoginNextStaysHere: the page a login returns to is a path on
+// the gateway, whatever the form says: never another host, also not
+// through characters a browser drops ("/\t/host" is "//host" to it).
+func TestPageLoginNextStaysHere(t *testing.T) {
+	f := newPageFixture(t)
+	for next, want := range map[string]string{
+		"/domains/" + pageDomain + "/flip?state=new": "/domains/" + pageDomain + "/flip?state=new",
+		"//evil.example/":       "/",
+		"/\\evil.example/":      "/",
+		"/\t/evil.example/":     "/",
+		"/\n/evil.example/":     "/",
+		"/\x7f/evil.example":    "/",
+		"https://evil.example/": "/",
+	} {
+		b := f.browser(t)
+		a := b.do(t, "POST", "/login", url.Values{"token": {token}, "next": {next}})
+		if a.status != http.StatusSeeOther || a.header.Get("Location") != want {
+			t.Errorf("login with next %q: %d Location %q, want 303 to %q", next, a.status, a.header.Get("Location"), want)
+		}
+	}
+}
+
+// TestPageEscapesProviderText: a provider's error text, which a member's
+// folder name can reach, is shown as text, never as markup.
+func TestPageEscapesProviderText(t *testing.T) {
+	f := newPageFixture(t)
+	evil := `infocert: NO [CANNOT] "><script>alert(1)</script><img src=x onerror=alert(2)> refused`
+	f.put(t, &store.Progress{User: member, State: "failed", MessagesDone: 1, MessagesTotal: 2, Updated: time.Now(),
+		Errors: []store.ProgressError{{Kind: "folder", Message: evil, Mailbox: `"><svg onload=alert(3)>`, At: time.Now()}}})
+	b := f.browser(t)
+	b.login(t)
+	a := b.get(t, "/")
+	if a.status != 200 || !strings.Contains(a.body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
+		t.Fatalf("the problem's text is not on the page, escaped: %d\n%s", a.status, a.body)
+	}
+	for _, bad := range []string{"<script>alert", "<img src=x", "<svg onload"} {
+		if strings.Contains(a.body, bad) {
+			t.Errorf("the page carries %q as markup", bad)
+		}
+	}
+}
+
+// TestPageLoginClearTextWarning: the token form says so when the token
+// would cross the network in clear text, and not over loopback or TLS.
+func TestPageLoginClearTextWarning(t *testing.T) {
+	f := newPageFixture(t)
+	// A listener beyond loopback, reached by name.
+	h := admin.New(admin.Options{Router: f.router, Token: token, Config: &config.Config{Admin: config.Admin{AllowNonLoopback: true}}})
+	for _, tc := range []struct {
+		remote string
+		tls    bool
+		warn   bool
+	}{{"192.0.2.7:40000", false, true}, {"127.0.0.1:40000", false, false}, {"[::1]:40000", false, false}, {"192.0.2.7:40000", true, false}} {
+		target := "http://gateway.example/"
+		if tc.tls {
+			target = "https://gateway.example/" // sets req.TLS
+		}
+		req := httptest.NewRequest("GET", target, nil)
+		req.RemoteAddr = tc.remote
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		body := rec.Body.String()
+		if !strings.Contains(body, `id="login-form"`) || strings.Contains(body, `id="clear-text"`) != tc.warn {
+			t.Errorf("login form from %s (TLS %v): clear-text warning %v, want %v", tc.remote, tc.tls, strings.Contains(body, `id="clear-text"`), tc.warn)
+		}
+	}
+}
+
+// TestPageRefusesForeignHost: the status page answers only requests that
+// name the gateway by IP address or localhost: a site whose DNS name an
+// attacker re-points at 127.0.0.1 (DNS rebinding) gets neither the form
+// nor a session.
+func TestPageRefusesForeignHost(t *testing.T) {
+	f := newPageFixture(t)
+	port := f.srv.URL[strings.LastIndex(f.srv.URL, ":")+1:]
+	for host, ok := range map[string]bool{
+		"127.0.0.1:" + port:      true,
+		"localhost:" + port:      true,
+		"LOCALHOST.:" + port:     true,
+		"[::1]:" + port:          true,
+		"evil.example:" + port:   false,
+		"127.0.0.1.evil.example": false,
+		"localhost.evil.example": false,
+	} {
+		for _, method := range []string{"GET", "POST"} {
+			var body io.Reader
+			path := "/"
+			if method == "POST" {
+				path, body = "/login", strings.NewReader(url.Values{"token": {token}}.Encode())
+			}
+			req, err := http.NewRequest(method, f.srv.URL+path, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = host
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := f.browser(t).c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			refused := resp.StatusCode == http.StatusMisdirectedRequest
+			if refused == ok || (!ok && (resp.Header.Get("Set-Cookie") != "" || strings.Contains(string(data), `id="login-form"`))) {
+				t.Errorf("%s %s with Host %q: %d Set-Cookie %q, want refused %v", method, path, host, resp.StatusCode, resp.Header.Get("Set-Cookie"), !ok)
+			}
+		}
+	}
+}
+
+// TestPageLoginReturns: after a wrong token, or a session that ended on
+// the confirmation of a flip, the form still returns to that page.
+func TestPageLoginReturns(t *testing.T) {
+	f := newPageFixture(t)
+	b := f.browser(t)
+	flip := "/domains/" + pageDomain + "/flip?state=migrating"
+	a := b.do(t, "POST", "/domains/"+pageDomain+"/flip", url.Values{"state": {"migrating"}, "csrf": {"stale"}})
+	if a.status != 401 || !strings.Contains(a.body, `name="next" value="`+strings.ReplaceAll(flip, "&", "&amp;")+`"`) {
+		t.Fatalf("flip with the session gone: %d, want the form returning to %s\n%s", a.status, flip, a.body)
+	}
+	a = b.do(t, "POST", "/login", url.Values{"token": {"wrong"}, "next": {flip}})
+	if a.status != 401 || !strings.Contains(a.body, `name="next" value="`+flip+`"`) {
+		t.Fatalf("wrong token: %d, want the form returning to %s\n%s", a.status, flip, a.body)
+	}
+	a = b.do(t, "POST", "/login", url.Values{"token": {token}, "next": {flip}})
+	if a.status != 303 || a.header.Get("Location") != flip {
+		t.Fatalf("right token: %d Location %q, want 303 to %s", a.status, a.header.Get("Location"), flip)
+	}
+	if got := f.apiDomain(t, pageDomain).State; got != "old" {
+		t.Errorf("state %s: a login changed it", got)
+	}
 }

@@ -179,6 +179,10 @@ func TestDemoBrowser(t *testing.T) {
 	if !strings.Contains(body, anna.Address) || strings.Contains(body, demo.Users[0].Address) {
 		t.Errorf("the member page of %s shows someone else, or not her:\n%s", anna.Address, body)
 	}
+	// What she reads says what to do: enter them below, not "nothing".
+	if !strings.Contains(body, "Mancano le credenziali del nuovo gestore") || strings.Contains(body, "Un problema tecnico") {
+		t.Errorf("anna's page does not tell her the new provider's credentials are missing:\n%s", body)
+	}
 	screenshot("demo-member.png")
 	do("set the new provider's credentials",
 		chromedp.SendKeys(chromedp.CSS("#username"), anna.Address),
@@ -202,6 +206,8 @@ func TestDemoBrowser(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // polling the API, not synchronising
 	}
 	do("reload the member page", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("body")))
+	// Nothing left to do: the form is folded away.
+	do("the credential form folded", chromedp.WaitVisible(chromedp.CSS("#credential-change")), chromedp.WaitNotPresent(chromedp.CSS("#credential-box")))
 	screenshot("demo-member-done.png")
 
 	if os.Getenv(updateDocsEnv) == "1" {
