@@ -114,6 +114,9 @@ func startAdminFor(ctx context.Context, cfg *config.Config, deps adminDeps, log 
 }
 
 // readToken reads the admin bearer token from path.
+// minTokenLen is the admin token length below which serve warns.
+const minTokenLen = 32
+
 func readToken(path string, log *slog.Logger) (string, error) {
 	if path == "" {
 		return "", errors.New("admin.token_file: required while server.admin is enabled")
@@ -125,6 +128,11 @@ func readToken(path string, log *slog.Logger) (string, error) {
 	token := strings.TrimSpace(string(data))
 	if token == "" {
 		return "", fmt.Errorf("admin.token_file: %s is empty; put a long random token in it (e.g. openssl rand -hex 32 > %s)", path, path)
+	}
+	if len(token) < minTokenLen {
+		// The API has no throttle of its own (one would let anyone on the
+		// machine lock the CLI out): a long token is what stops guessing.
+		log.Warn("admin token is short; use a long random one (openssl rand -hex 32)", "file", path, "length", len(token), "want_at_least", minTokenLen)
 	}
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("admin token file is readable by group or others; chmod 600 it", "file", path, "mode", fi.Mode().Perm().String())

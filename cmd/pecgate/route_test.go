@@ -167,6 +167,21 @@ func TestStartAdminToken(t *testing.T) {
 	if !strings.Contains(logs.String(), "admin token file is readable by group or others") {
 		t.Errorf("no warning about the token file's mode:\n%s", logs.String())
 	}
+	if !strings.Contains(logs.String(), "admin token is short") {
+		t.Errorf("no warning about a 3-character token:\n%s", logs.String())
+	}
+	// A long token in a private file: no warning.
+	logs.Reset()
+	os.WriteFile(tokenFile, []byte(strings.Repeat("k", minTokenLen)), 0o600)
+	os.Chmod(tokenFile, 0o600)
+	_, stop, err = startAdmin(context.Background(), cfg, r, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("warnings for a long token in a private file:\n%s", logs.String())
+	}
 	// Disabled: nothing to do.
 	empty := ""
 	cfg.Server.Admin = &empty
