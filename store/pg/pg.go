@@ -37,8 +37,11 @@
 //   - Errors never contain the connection string or its password: a
 //     connection string that does not parse gives a fixed message, and
 //     every other error's text has the password masked.
-//   - A fn must not call View or Update on the same DB from inside an
-//     Update: with the pool exhausted it could wait for itself.
+//   - Connections come from a pgxpool pool: at most max(4, CPUs) unless
+//     the URL sets pool_max_conns (e.g. ?pool_max_conns=16), which a
+//     gateway with many concurrent sessions may want. A fn must not call
+//     View or Update on the same DB from inside an Update: with the pool
+//     exhausted it could wait for itself.
 package pg
 
 import (
