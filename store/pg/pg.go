@@ -7,7 +7,9 @@
 //
 //   - One table, pecgate_kv(bucket text, key bytea, value bytea, primary
 //     key (bucket, key)), and pecgate_schema(version), one row, are created
-//     by Open when missing. Open refuses a database whose schema version is
+//     by Open when missing (in the first schema of the search_path); with
+//     both present the user needs no CREATE privilege, only SELECT,
+//     INSERT, UPDATE and DELETE on them. Open refuses a database whose schema version is
 //     newer than SchemaVersion (a newer pecgate wrote it). Buckets exist
 //     implicitly: a missing bucket is no rows.
 //   - Keys are bytea, so ORDER BY key is ascending byte order (PostgreSQL
@@ -118,24 +120,33 @@ func (d *DB) migrate(ctx context.Context) error {
 		return d.wrap("connect", err)
 	}
 	defer tx.Rollback(context.Background())
-	stmts := []string{
-		`SELECT pg_advisory_xact_lock($1)`,
-		`CREATE TABLE IF NOT EXISTS pecgate_schema (
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, updateLockKey); err != nil {
+		return d.wrap("take the update lock", err)
+	}
+	// Only missing tables are created: CREATE TABLE IF NOT EXISTS would
+	// need the CREATE privilege even when the table exists, and a DBA may
+	// have created the tables and granted the gateway's user only
+	// SELECT, INSERT, UPDATE and DELETE on them.
+	tables := []struct{ name, create string }{
+		{"pecgate_schema", `CREATE TABLE pecgate_schema (
 			one boolean PRIMARY KEY DEFAULT true CHECK (one),
-			version integer NOT NULL)`,
-		`CREATE TABLE IF NOT EXISTS pecgate_kv (
+			version integer NOT NULL)`},
+		{"pecgate_kv", `CREATE TABLE pecgate_kv (
 			bucket text NOT NULL,
 			key bytea NOT NULL,
 			value bytea NOT NULL,
-			PRIMARY KEY (bucket, key))`,
+			PRIMARY KEY (bucket, key))`},
 	}
-	for i, s := range stmts {
-		var args []any
-		if i == 0 {
-			args = []any{updateLockKey}
+	for _, tb := range tables {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, tb.name).Scan(&exists); err != nil {
+			return d.wrap("look for table "+tb.name, err)
 		}
-		if _, err := tx.Exec(ctx, s, args...); err != nil {
-			return d.wrap("create tables (does the user own the database or have CREATE on its public schema?)", err)
+		if exists {
+			continue
+		}
+		if _, err := tx.Exec(ctx, tb.create); err != nil {
+			return d.wrap("create table "+tb.name+" (the user needs CREATE on the database's schema once: make it the database's owner, or create the tables as the owner and grant it SELECT, INSERT, UPDATE, DELETE)", err)
 		}
 	}
 	var version int

@@ -281,3 +281,38 @@ func TestPrefixEnd(t *testing.T) {
 		}
 	}
 }
+
+// A user without the CREATE privilege opens a database whose tables the
+// owner created and granted it, and reads and writes; on a fresh database
+// it gets an error that says what privilege is missing.
+func TestOpenWithoutCreatePrivilege(t *testing.T) {
+	srv := pgtest.Start(t)
+	owner := srv.NewDatabase(t)
+	fresh := srv.NewDatabase(t)
+	db := openDB(t, owner) // creates the tables
+	ctx := context.Background()
+	for _, q := range []string{
+		`CREATE ROLE gateway LOGIN PASSWORD 'gw-pw'`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON pecgate_kv TO gateway`,
+		`GRANT SELECT ON pecgate_schema TO gateway`,
+	} {
+		if _, err := db.pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	asGateway := func(u string) string {
+		p, _ := url.Parse(u)
+		p.User = url.UserPassword("gateway", "gw-pw")
+		return p.String()
+	}
+	gw := openDB(t, asGateway(owner))
+	defer gw.Close()
+	if err := gw.Update(ctx, func(tx store.Tx) error { return tx.Put("b", "k", []byte("v")) }); err != nil {
+		t.Fatalf("Update as a user with the grants: %v", err)
+	}
+	// PostgreSQL 15 gives PUBLIC no CREATE on the public schema.
+	if _, err := Open(ctx, asGateway(fresh)); err == nil || !strings.Contains(err.Error(), "needs CREATE") {
+		t.Fatalf("Open of a fresh database without CREATE = %v, want an error saying CREATE is needed", err)
+	}
+}
