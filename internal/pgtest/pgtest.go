@@ -19,7 +19,8 @@
 //     not crash safe. Nothing here is for production.
 //   - PostgreSQL refuses to run as root: when the test runs as root, initdb
 //     and postgres run as the user "postgres" (created by Debian's
-//     package), the directory chowned to it; otherwise as the current user.
+//     package), the directory chowned to it (and made in /tmp when TMPDIR
+//     is not reachable by other users); otherwise as the current user.
 //   - postgres runs as our child in a process group of its own; Cleanup
 //     asks it to stop (SIGINT, "fast shutdown") and kills the group if it
 //     takes longer than stopTimeout. If the test binary dies, the server
@@ -131,7 +132,13 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	Require(t)
 	b, _ := findBinaries()
-	dir, err := os.MkdirTemp("", "pecgate-pg-")
+	base := ""
+	if os.Geteuid() == 0 && !othersCanEnter(os.TempDir()) {
+		// The server runs as the user postgres, which must reach its
+		// directory.
+		base = "/tmp"
+	}
+	dir, err := os.MkdirTemp(base, "pecgate-pg-")
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
@@ -353,6 +360,26 @@ func readFrom(name string, offset int64) string {
 		b = b[len(b)-8<<10:]
 	}
 	return string(bytes.TrimSpace(b))
+}
+
+// othersCanEnter reports whether every directory from / down to dir is
+// searchable by other users.
+func othersCanEnter(dir string) bool {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for {
+		st, err := os.Stat(dir)
+		if err != nil || st.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return true
+		}
+		dir = parent
+	}
 }
 
 func freePort() (int, error) {
