@@ -316,3 +316,36 @@ func TestOpenWithoutCreatePrivilege(t *testing.T) {
 		t.Fatalf("Open of a fresh database without CREATE = %v, want an error saying CREATE is needed", err)
 	}
 }
+
+// A ctx cancelled while fn runs fails the transaction's next statement
+// with ctx's error, and the Update leaves nothing behind.
+func TestCancelledMidUpdate(t *testing.T) {
+	srv := pgtest.Start(t)
+	db := openDB(t, srv.NewDatabase(t))
+	defer db.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var second error
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if err := tx.Put("b", "k1", []byte("v")); err != nil {
+			return err
+		}
+		cancel()
+		second = tx.Put("b", "k2", []byte("v"))
+		return second
+	})
+	if !errors.Is(second, context.Canceled) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Put after cancel = %v, Update = %v; want context.Canceled", second, err)
+	}
+	db.View(context.Background(), func(tx store.Tx) error {
+		for _, k := range []string{"k1", "k2"} {
+			if v, err := tx.Get("b", k); v != nil || err != nil {
+				t.Errorf("%s = %q, %v after a cancelled Update", k, v, err)
+			}
+		}
+		return nil
+	})
+	// The DB stays usable.
+	if err := db.Update(context.Background(), func(tx store.Tx) error { return tx.Put("b", "k", []byte("v")) }); err != nil {
+		t.Fatalf("Update after a cancelled one: %v", err)
+	}
+}
