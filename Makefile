@@ -1,7 +1,7 @@
 # pecgate: `make test` runs the whole suite against real Dovecot servers; when
 # run as root it first installs what the tests need from Debian's packages.
 GO ?= go
-PKGS := dovecot-imapd dovecot-lmtpd isync curl python3 procps chromium
+PKGS := dovecot-imapd dovecot-lmtpd isync curl python3 procps chromium postgresql
 # systemd-analyze checks dist/pecgate.service (already there on most Debian systems).
 PKGS += systemd
 

@@ -64,7 +64,10 @@ store, vault and providers; the members, passwords and flags given here go
 with the request. Without the admin API, preflight runs here without the
 store when the members are given with -users and no provider of the domain
 uses vault credentials (in state migrating or new it then leaves folder
-names unchecked); otherwise stop the gateway for the check.
+names unchecked); otherwise stop the gateway for the check. A PostgreSQL
+store ([store] url) is shared: preflight asks the running gateway when the
+admin API is configured (for the passwords it knows), and otherwise, or
+when the gateway does not answer, runs the check here on that store.
 
 examples:
   pecgate preflight pec.ordine.example
@@ -138,17 +141,31 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 
 	var r *preflight.Report
-	st, err := openPreflightStore(cfg)
+	req := admin.PreflightRequest{NoCreate: *noCreate, Concurrency: *concurrency}
+	for _, u := range users {
+		req.Users = append(req.Users, admin.PreflightUser{User: u, Password: passwords[u]})
+	}
+	st, err := openPreflightStore(ctx, cfg)
 	switch {
+	case err == nil && cfg.Store.URL != "" && config.Addr(cfg.Server.Admin) != "":
+		// PostgreSQL is shared, so the check can run here; but a running
+		// gateway also knows the passwords members logged in with since it
+		// started: ask it first, and run here when it does not answer.
+		defer st.Close()
+		r, err = preflightViaGateway(ctx, *cfgPath, domain, req)
+		switch {
+		case err == nil:
+			fmt.Fprintln(stderr, "pecgate preflight: the running gateway ran the check")
+		case gatewayAnswered(err):
+		default:
+			fmt.Fprintf(stderr, "pecgate preflight: the gateway did not run the check (%v): running it here on the PostgreSQL store\n", err)
+			r, err = preflightDirect(ctx, o, st, domain, users)
+		}
 	case err == nil:
 		defer st.Close()
 		r, err = preflightDirect(ctx, o, st, domain, users)
 	case errors.Is(err, errStoreBusy):
 		// The gateway holds the store: it runs the check, with its store.
-		req := admin.PreflightRequest{NoCreate: *noCreate, Concurrency: *concurrency}
-		for _, u := range users {
-			req.Users = append(req.Users, admin.PreflightUser{User: u, Password: passwords[u]})
-		}
 		r, err = preflightViaGateway(ctx, *cfgPath, domain, req)
 		switch {
 		case err == nil:
@@ -191,14 +208,15 @@ func runPreflight(args []string, stdout, stderr io.Writer) error {
 }
 
 // errStoreBusy: the store cannot be read here (another process, the
-// gateway, holds it; or it is PostgreSQL, which preflight does not read).
+// gateway, holds the embedded store).
 var errStoreBusy = errors.New("the store is in use")
 
-// openPreflightStore opens the embedded store; an error wrapping
-// errStoreBusy when the gateway holds it or store.url is set.
-func openPreflightStore(cfg *config.Config) (store.Store, error) {
+// openPreflightStore opens the store: PostgreSQL ([store] url), which the
+// running gateway shares, or the embedded store, with an error wrapping
+// errStoreBusy when the gateway holds it.
+func openPreflightStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	if cfg.Store.URL != "" {
-		return nil, fmt.Errorf("%w: store.url is set, and pecgate preflight reads only the embedded store", errStoreBusy)
+		return openPG(ctx, cfg)
 	}
 	st, err := bolt.Open(cfg.Store.Path)
 	if errors.Is(err, bolt.ErrLocked) {
@@ -209,9 +227,6 @@ func openPreflightStore(cfg *config.Config) (store.Store, error) {
 
 // storeBusyNote says why the store could not be read, for a note.
 func storeBusyNote(cfg *config.Config) string {
-	if cfg.Store.URL != "" {
-		return "store.url is set"
-	}
 	return "the store in " + cfg.Store.Path + " is in use"
 }
 

@@ -127,16 +127,16 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Store.URL != "" {
-		// Refused rather than silently served from the embedded store at
-		// store.path while the operator believes the state is in PostgreSQL.
-		return nil, errors.New("store.url: the PostgreSQL store is not available in this version; remove [store] url to use the embedded store at [store] path")
-	}
 	reg, mets := newMetrics()
 	backends.SetMetrics(mets)
-	st, err := bolt.Open(cfg.Store.Path)
+	var st store.Store
+	if cfg.Store.URL != "" {
+		st, err = openPG(ctx, cfg)
+	} else if st, err = bolt.Open(cfg.Store.Path); err != nil {
+		err = fmt.Errorf("store.path: %w", err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("store.path: %w", err)
+		return nil, err
 	}
 	router, err := store.NewRouter(ctx, cfg, st)
 	if err != nil {

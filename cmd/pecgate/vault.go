@@ -38,7 +38,8 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 			"provider of the address's domain and use auth = \"vault\". Every row is\n"+
 			"checked first: if any is wrong, all problems are listed with their line\n"+
 			"numbers and nothing is written. An address imported again is replaced.\n"+
-			"The embedded store allows one process: stop the gateway while importing.\n\n"+
+			"The embedded store allows one process: stop the gateway while importing.\n"+
+			"A PostgreSQL store ([store] url) is shared: import while the gateway runs.\n\n"+
 			"examples:\n"+
 			"  pecgate vault import -check infocert.csv   # check every row; write nothing\n"+
 			"  pecgate vault -config /etc/pecgate/pecgate.toml import infocert.csv\n\nflags:\n")
@@ -79,9 +80,6 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s: %d credentials for %d members are valid; nothing written (-check)\n", file, len(rows), len(members))
 		return nil
 	}
-	if cfg.Store.URL != "" {
-		return errors.New("store.url is set: pecgate vault import writes only the embedded store (store.path) in this version")
-	}
 	if cfg.Vault.KeyFile == "" {
 		return fmt.Errorf("vault.key_file is not set in %s", *cfgPath)
 	}
@@ -92,12 +90,21 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	st, err := bolt.Open(cfg.Store.Path)
-	if errors.Is(err, bolt.ErrLocked) {
-		return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run the import again, then start the gateway; nothing imported (%w)", cfg.Store.Path, err)
-	}
-	if err != nil {
-		return err
+	var st store.Store
+	if cfg.Store.URL != "" {
+		// PostgreSQL takes several processes: the running gateway reads the
+		// credentials as soon as the import commits.
+		if st, err = openPG(context.Background(), cfg); err != nil {
+			return fmt.Errorf("%w; nothing imported", err)
+		}
+	} else {
+		st, err = bolt.Open(cfg.Store.Path)
+		if errors.Is(err, bolt.ErrLocked) {
+			return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run the import again, then start the gateway; nothing imported (%w)", cfg.Store.Path, err)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	defer st.Close()
 	err = st.Update(context.Background(), func(tx store.Tx) error {

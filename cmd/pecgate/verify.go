@@ -50,7 +50,8 @@ missing, duplicated or different, or a member or folder could not be read
 (the report says which, and what to do); 2 on a usage error.
 
 The embedded store allows one process: stop the gateway (pecgate serve)
-while verifying, or verify a copy of the store directory.
+while verifying, or verify a copy of the store directory. A PostgreSQL
+store ([store] url) is shared: verify while the gateway runs.
 
 Providers with auth = "passthrough" log in with each member's own password:
 give them with -passwords FILE, a CSV file of address,password lines (the
@@ -104,9 +105,6 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if cfg.Store.URL != "" {
-		return errors.New("store.url is set: pecgate verify reads only the embedded store (store.path) in this version")
-	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
@@ -116,12 +114,20 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, err := bolt.Open(cfg.Store.Path)
-	if errors.Is(err, bolt.ErrLocked) {
-		return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run pecgate verify again, then start the gateway; or verify a copy of %s (%w)", cfg.Store.Path, cfg.Store.Path, err)
-	}
-	if err != nil {
-		return err
+	var st store.Store
+	if cfg.Store.URL != "" {
+		// PostgreSQL takes several processes: verify while the gateway runs.
+		if st, err = openPG(context.Background(), cfg); err != nil {
+			return err
+		}
+	} else {
+		st, err = bolt.Open(cfg.Store.Path)
+		if errors.Is(err, bolt.ErrLocked) {
+			return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run pecgate verify again, then start the gateway; or verify a copy of %s (%w)", cfg.Store.Path, cfg.Store.Path, err)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	defer st.Close()
 	o := verify.Options{Config: cfg, Store: st, Backends: backends, Log: log}
