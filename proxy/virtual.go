@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -64,19 +65,110 @@ func (sd *vside) searchAll() ([]store.UID, error) {
 	if err := sd.c.Noop().Wait(); err != nil {
 		return nil, err
 	}
+	return sd.search()
+}
+
+// search lists the side's UIDs in sequence order, as the connection's
+// view has them (no NOOP).
+func (sd *vside) search() ([]store.UID, error) {
 	data, err := sd.c.UIDSearch(&imap.SearchCriteria{}, &imap.SearchOptions{ReturnAll: true}).Wait()
 	if err != nil {
 		return nil, err
 	}
-	var out []store.UID
-	if data.All != nil {
-		uids, _ := data.All.(imap.UIDSet).Nums()
-		for _, u := range uids {
+	set, _ := data.All.(imap.UIDSet)
+	return uidsOf(set), nil
+}
+
+// uidsOf expands a UID set into sorted, distinct UIDs, without the
+// intermediate lists of imap.UIDSet.Nums.
+func uidsOf(set imap.UIDSet) []store.UID {
+	n := 0
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			continue // "*" has no meaning in a search result
+		}
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
+		n += int(hi-lo) + 1
+	}
+	out := make([]store.UID, 0, n)
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			continue
+		}
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
+		for u := lo; ; u++ {
 			out = append(out, store.UID(u))
+			if u == hi {
+				break
+			}
 		}
 	}
-	slices.Sort(out)
-	return out, nil
+	for i := 1; i < len(out); i++ {
+		if out[i] <= out[i-1] {
+			slices.Sort(out)
+			return slices.Compact(out)
+		}
+	}
+	return out
+}
+
+// vcache is what a session remembers of its upstream connections between
+// commands, to spare a large mailbox's work at every SELECT.
+//
+// oldChanges and newChanges count the EXISTS and EXPUNGE responses each
+// side's connection received (clientOptions); nil for a connection whose
+// handler does not count (one opened in state old and flipped live). old
+// is old's UID list as last searched, valid while old's connection keeps
+// the same mailbox EXAMINEd and has reported no EXISTS or EXPUNGE since:
+// old is only ever read through the gateway, so its list changes only by
+// deliveries and other clients' expunges, and IMAP tells a session of
+// both (the NOOP before each use makes Dovecot report them).
+type vcache struct {
+	oldChanges, newChanges *atomic.Uint64
+	old                    *sideList
+}
+
+// sideList is one side's UID list (sequence order) and what it was
+// taken under.
+type sideList struct {
+	c       *backend.IMAPConn
+	mailbox string
+	changes uint64 // the connection's change count when the list was taken
+	uids    []store.UID
+}
+
+// oldList returns old's UID list in sequence order: the cached one when
+// old's connection reported no change since it was taken (vcache), else a
+// new UID SEARCH. The caller must not modify the list.
+func (v *vmail) oldList() ([]store.UID, error) {
+	s, sd := v.s, v.old
+	w := s.vc.oldChanges
+	if w == nil {
+		return sd.searchAll()
+	}
+	if l := s.vc.old; l != nil && l.c == sd.c && l.mailbox == sd.mailbox && s.oldExamined == sd.mailbox {
+		// Let Dovecot report what changed since (searchAll NOOPs too).
+		if err := sd.c.Noop().Wait(); err != nil {
+			return nil, err
+		}
+		if w.Load() == l.changes {
+			return l.uids, nil
+		}
+	} else if err := sd.c.Noop().Wait(); err != nil {
+		return nil, err
+	}
+	s.vc.old = nil
+	// Taken after the NOOP: a change reported during the SEARCH makes the
+	// next call search again.
+	changes := w.Load()
+	uids, err := sd.search()
+	if err != nil {
+		return nil, err
+	}
+	if s.oldExamined == sd.mailbox {
+		s.vc.old = &sideList{c: sd.c, mailbox: sd.mailbox, changes: changes, uids: uids}
+	}
+	return uids, nil
 }
 
 // newName maps a client (old) mailbox name to the new provider's: by
@@ -160,7 +252,7 @@ func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.Select
 		if s.oldExamined == mailbox && s.oldSelData != nil {
 			oldSel = s.oldSelData
 		} else {
-			s.oldExamined = ""
+			s.oldExamined, s.vc.old = "", nil
 			var err error
 			oldSel, err = s.oldUp.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
 			if err != nil {
@@ -237,7 +329,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 	var oldUIDs []store.UID
 	if v.old != nil {
 		var err error
-		if oldUIDs, err = v.old.searchAll(); err != nil {
+		if oldUIDs, err = v.oldList(); err != nil {
 			return v.s.checkOld(err)
 		}
 	}
@@ -1023,7 +1115,7 @@ func (s *imapSession) statusVirtual(mailbox string, options *imap.StatusOptions)
 // withExamined runs f with v's mailbox EXAMINEd on both sides, then puts
 // back the session's selected mailbox, if any.
 func (s *imapSession) withExamined(v *vmail, f func() error) error {
-	s.oldExamined = ""
+	s.oldExamined, s.vc.old = "", nil
 	for _, sd := range []*vside{v.old, v.new} {
 		if sd == nil {
 			continue
@@ -1039,8 +1131,12 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 				continue
 			}
 			ro := sd == cur.old || cur.readOnly
-			if _, rerr := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: ro}).Wait(); rerr != nil && err == nil {
+			data, rerr := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: ro}).Wait()
+			if rerr != nil && err == nil {
 				err = s.check(rerr)
+			}
+			if rerr == nil && sd == cur.old {
+				s.oldExamined, s.oldSelData = sd.mailbox, data
 			}
 		}
 	} else {
