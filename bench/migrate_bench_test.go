@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"testing"
@@ -237,7 +238,12 @@ func startMigratingGateway(b *testing.B, old, nw *dovetest.Server, storeParent s
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		srv.ServeTLS(ln)
+		// Labelled for -cpuprofile: every goroutine of this gateway (its
+		// sessions, their upstream readers) inherits the label, so
+		// `go tool pprof -tagfocus=pecgate=gw-migr` shows its work alone.
+		pprof.Do(context.Background(), pprof.Labels("pecgate", "gw-migr"), func(context.Context) {
+			srv.ServeTLS(ln)
+		})
 	}()
 	b.Cleanup(func() {
 		srv.Close()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -525,9 +526,24 @@ func starOr(n, star uint32) uint32 {
 // split sorts virtual UIDs by the side that serves them: new when the
 // message was copied, old otherwise. The maps go side UID -> virtual.
 func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
-	oldU, newU = map[store.UID]store.UID{}, map[store.UID]store.UID{}
+	oldP, newP := v.splitPairs(vs)
+	oldU, newU = make(map[store.UID]store.UID, len(oldP)), make(map[store.UID]store.UID, len(newP))
+	for _, p := range oldP {
+		oldU[p.side] = p.v
+	}
+	for _, p := range newP {
+		newU[p.side] = p.v
+	}
+	return oldU, newU
+}
+
+// sidePair is a message one side serves: its UID there and its virtual UID.
+type sidePair struct{ side, v store.UID }
+
+// splitPairs is split as lists sorted by side UID, one UID once: what a
+// FETCH of the whole mailbox walks without a map per message.
+func (v *vmail) splitPairs(vs []store.UID) (oldP, newP []sidePair) {
 	v.entry.Lock()
-	defer v.entry.Unlock()
 	for _, u := range vs {
 		o, n, ok := v.entry.M.Lookup(u)
 		if v.s.wIsOld {
@@ -544,36 +560,74 @@ func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
 		switch {
 		case !ok:
 		case n != 0:
-			newU[n] = u
+			newP = append(newP, sidePair{side: n, v: u})
 		case o != 0 && v.old != nil:
-			oldU[o] = u
+			oldP = append(oldP, sidePair{side: o, v: u})
 		}
 	}
-	return oldU, newU
+	v.entry.Unlock()
+	return sortPairs(oldP), sortPairs(newP)
+}
+
+func sortPairs(ps []sidePair) []sidePair {
+	bySide := func(a, b sidePair) int { return cmp.Compare(a.side, b.side) }
+	if !slices.IsSortedFunc(ps, bySide) {
+		slices.SortStableFunc(ps, bySide)
+	}
+	return slices.CompactFunc(ps, func(a, b sidePair) bool { return a.side == b.side })
+}
+
+// find returns the virtual UID of side UID su in ps (sorted by side),
+// trying index hint first (answers come in UID order), and the index to
+// try next.
+func find(ps []sidePair, su store.UID, hint int) (store.UID, int) {
+	if hint < len(ps) && ps[hint].side == su {
+		return ps[hint].v, hint + 1
+	}
+	i, ok := slices.BinarySearchFunc(ps, su, func(p sidePair, u store.UID) int { return cmp.Compare(p.side, u) })
+	if !ok {
+		return 0, hint
+	}
+	return ps[i].v, i + 1
+}
+
+// pairSet is the UID set of ps's side UIDs (sorted), as ranges.
+func pairSet(ps []sidePair) imap.UIDSet {
+	var s imap.UIDSet
+	for _, p := range ps {
+		u := imap.UID(p.side)
+		if n := len(s); n > 0 && s[n-1].Stop+1 == u {
+			s[n-1].Stop = u
+			continue
+		}
+		s = append(s, imap.UIDRange{Start: u, Stop: u})
+	}
+	return s
 }
 
 func uidSetOf(m map[store.UID]store.UID) imap.UIDSet {
-	var s imap.UIDSet
+	ps := make([]sidePair, 0, len(m))
 	for u := range m {
-		s.AddNum(imap.UID(u))
+		ps = append(ps, sidePair{side: u})
 	}
-	return s
+	return pairSet(sortPairs(ps))
 }
 
 // fetch implements FETCH on the view: each side is asked for its
 // messages by UID and the answers are renumbered.
 func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
-	oldU, newU := v.split(v.resolve(numSet))
+	oldP, newP := v.splitPairs(v.resolve(numSet))
 	opts := *options
 	opts.UID = true
 	for _, part := range []struct {
-		sd   *vside
-		uids map[store.UID]store.UID
-	}{{v.old, oldU}, {v.new, newU}} {
-		if len(part.uids) == 0 {
+		sd    *vside
+		pairs []sidePair
+	}{{v.old, oldP}, {v.new, newP}} {
+		if len(part.pairs) == 0 {
 			continue
 		}
-		cmd := part.sd.c.Fetch(uidSetOf(part.uids), &opts)
+		cmd := part.sd.c.Fetch(pairSet(part.pairs), &opts)
+		next := 0
 		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
 			// Place the answer by its UID (Dovecot sends it first), which
 			// stays right whatever the upstream's sequence numbers did
@@ -581,10 +635,10 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 			var vu store.UID
 			first := msg.Next()
 			if u, ok := first.(imapclient.FetchItemDataUID); ok {
-				vu = part.uids[store.UID(u.UID)]
+				vu, next = find(part.pairs, store.UID(u.UID), next)
 				first = nil
 			} else if int(msg.SeqNum) <= len(part.sd.uids) && msg.SeqNum > 0 {
-				vu = part.uids[part.sd.uids[msg.SeqNum-1]]
+				vu, next = find(part.pairs, part.sd.uids[msg.SeqNum-1], next)
 			}
 			seq := v.seqOf(vu)
 			if seq == 0 {
@@ -603,12 +657,12 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 			return v.s.check(err)
 		}
 	}
-	if len(oldU) > 0 && !v.readOnly && setsSeen(options) {
+	if len(oldP) > 0 && !v.readOnly && setsSeen(options) {
 		// A non-PEEK body fetch sets \Seen; old is never written, so the
 		// messages read from old are copied and flagged in new.
-		vs := make([]store.UID, 0, len(oldU))
-		for _, u := range oldU {
-			vs = append(vs, u)
+		vs := make([]store.UID, 0, len(oldP))
+		for _, p := range oldP {
+			vs = append(vs, p.v)
 		}
 		byV, err := v.ensureCopied(context.Background(), vs)
 		if err != nil {
@@ -621,14 +675,14 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 		if err := v.new.c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
 			return v.s.check(err)
 		}
-	} else if len(oldU) > 0 && len(oldU) <= copyOnReadMax && readsWholeMessage(options) && v.s.srv.opts.Copier != nil {
+	} else if len(oldP) > 0 && len(oldP) <= copyOnReadMax && readsWholeMessage(options) && v.s.srv.opts.Copier != nil {
 		// Copy-on-read: the member opened messages that are still only in
 		// old; they were streamed from old at once, and are copied now,
 		// ahead of the back-fill. A bulk read (a client's first sync) is
 		// left to the back-fill rather than doubling its time.
-		vs := make([]store.UID, 0, len(oldU))
-		for _, u := range oldU {
-			vs = append(vs, u)
+		vs := make([]store.UID, 0, len(oldP))
+		for _, p := range oldP {
+			vs = append(vs, p.v)
 		}
 		if _, err := v.ensureCopied(context.Background(), vs); err != nil {
 			v.s.log.Warn("copy-on-read failed; the back-fill will retry", "mailbox", v.mailbox, "err", err)
