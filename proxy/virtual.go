@@ -350,7 +350,10 @@ func (v *vmail) refresh(ctx context.Context) error {
 		maxNew = newUIDs[len(newUIDs)-1]
 	}
 	changed := false
-	var view []store.UID
+	// What new serves, then what old serves: each is usually sorted
+	// already, and merging them is cheaper than sorting 50,000 UIDs.
+	var fromNew []store.UID
+	view := make([]store.UID, 0, len(oldUIDs)+len(newUIDs))
 	for _, n := range newUIDs {
 		vu, ok := v.s.byW(m, n)
 		if !ok {
@@ -362,7 +365,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 		if vu == 0 || m.IsGone(vu) {
 			continue
 		}
-		view = append(view, vu)
+		fromNew = append(fromNew, vu)
 	}
 	// Below the freeze, an old UID is its own virtual UID unless a run
 	// (copied) or a gone range (expunged) covers it: walk both sorted
@@ -424,8 +427,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 		}
 		view = append(view, vu)
 	}
-	slices.Sort(view)
-	view = slices.Compact(view)
+	view = mergeSorted(view, fromNew)
 	if changed || m.Next != before {
 		if err := v.s.srv.opts.Maps.Save(ctx, v.entry, nil); err != nil {
 			return err
@@ -437,6 +439,36 @@ func (v *vmail) refresh(ctx context.Context) error {
 	v.new.uids = newUIDs
 	v.view = view
 	return nil
+}
+
+// mergeSorted returns the sorted union of a and b, without duplicates. It
+// sorts a and b in place when they are not sorted.
+func mergeSorted(a, b []store.UID) []store.UID {
+	for _, l := range [][]store.UID{a, b} {
+		if !slices.IsSorted(l) {
+			slices.Sort(l)
+		}
+	}
+	if len(b) == 0 {
+		return slices.Compact(a)
+	}
+	out := make([]store.UID, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		var u store.UID
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			u, i = a[i], i+1
+		case i == len(a) || b[j] < a[i]:
+			u, j = b[j], j+1
+		default: // equal
+			u, i, j = a[i], i+1, j+1
+		}
+		if n := len(out); n == 0 || out[n-1] != u {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // resync refreshes and tells the client what changed: EXPUNGE for
