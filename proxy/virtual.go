@@ -124,9 +124,16 @@ func uidsOf(set imap.UIDSet) []store.UID {
 // old is only ever read through the gateway, so its list changes only by
 // deliveries and other clients' expunges, and IMAP tells a session of
 // both (the NOOP before each use makes Dovecot report them).
+//
+// exam is what old's last EXAMINE reported. While the connection has
+// reported no change since, the session's view of old is the one that
+// EXAMINE described, and the list another session found under the same
+// UIDVALIDITY, UIDNEXT and EXISTS (store.OldList, in the map's cache
+// entry) is this session's list too: a new session spares the search.
 type vcache struct {
 	oldChanges, newChanges *atomic.Uint64
 	old                    *sideList
+	exam                   *examState
 }
 
 // sideList is one side's UID list (sequence order) and what it was
@@ -138,8 +145,28 @@ type sideList struct {
 	uids    []store.UID
 }
 
-// oldList returns old's UID list in sequence order: the cached one when
-// old's connection reported no change since it was taken (vcache), else a
+// examState is an EXAMINE of old: its status and the connection's change
+// count right after it.
+type examState struct {
+	c                            *backend.IMAPConn
+	mailbox                      string
+	changes                      uint64
+	uidValidity, uidNext, exists uint32
+}
+
+// examined records a new EXAMINE of mailbox on old's connection c.
+func (s *imapSession) examined(c *backend.IMAPConn, mailbox string, data *imap.SelectData) {
+	s.oldExamined, s.oldSelData = mailbox, data
+	s.vc.old, s.vc.exam = nil, nil
+	if w := s.vc.oldChanges; w != nil && data != nil {
+		s.vc.exam = &examState{c: c, mailbox: mailbox, changes: w.Load(),
+			uidValidity: data.UIDValidity, uidNext: uint32(data.UIDNext), exists: data.NumMessages}
+	}
+}
+
+// oldList returns old's UID list in sequence order: the session's cached
+// one when old's connection reported no change since it was taken, the
+// one another session found under the same EXAMINE status (vcache), or a
 // new UID SEARCH. The caller must not modify the list.
 func (v *vmail) oldList() ([]store.UID, error) {
 	s, sd := v.s, v.old
@@ -147,26 +174,43 @@ func (v *vmail) oldList() ([]store.UID, error) {
 	if w == nil {
 		return sd.searchAll()
 	}
-	if l := s.vc.old; l != nil && l.c == sd.c && l.mailbox == sd.mailbox && s.oldExamined == sd.mailbox {
-		// Let Dovecot report what changed since (searchAll NOOPs too).
-		if err := sd.c.Noop().Wait(); err != nil {
-			return nil, err
-		}
-		if w.Load() == l.changes {
-			return l.uids, nil
-		}
-	} else if err := sd.c.Noop().Wait(); err != nil {
+	// Let Dovecot report what changed since (searchAll NOOPs too).
+	if err := sd.c.Noop().Wait(); err != nil {
 		return nil, err
+	}
+	current := s.oldExamined == sd.mailbox
+	if l := s.vc.old; l != nil && l.c == sd.c && l.mailbox == sd.mailbox && current && w.Load() == l.changes {
+		return l.uids, nil
 	}
 	s.vc.old = nil
 	// Taken after the NOOP: a change reported during the SEARCH makes the
 	// next call search again.
 	changes := w.Load()
-	uids, err := sd.search()
-	if err != nil {
-		return nil, err
+	ex := s.vc.exam
+	asExamined := current && ex != nil && ex.c == sd.c && ex.mailbox == sd.mailbox && ex.changes == changes && v.entry != nil
+	var uids []store.UID
+	if asExamined {
+		v.entry.Lock()
+		shared := v.entry.Old
+		v.entry.Unlock()
+		if shared.Matches(ex.uidValidity, ex.uidNext, ex.exists) {
+			uids = shared.UIDs()
+		}
 	}
-	if s.oldExamined == sd.mailbox {
+	if uids == nil {
+		var err error
+		if uids, err = sd.search(); err != nil {
+			return nil, err
+		}
+		if asExamined && w.Load() == changes {
+			if l := store.NewOldList(ex.uidValidity, ex.uidNext, ex.exists, uids); l != nil {
+				v.entry.Lock()
+				v.entry.Old = l
+				v.entry.Unlock()
+			}
+		}
+	}
+	if current {
 		s.vc.old = &sideList{c: sd.c, mailbox: sd.mailbox, changes: changes, uids: uids}
 	}
 	return uids, nil
@@ -253,13 +297,13 @@ func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.Select
 		if s.oldExamined == mailbox && s.oldSelData != nil {
 			oldSel = s.oldSelData
 		} else {
-			s.oldExamined, s.vc.old = "", nil
+			s.oldExamined, s.vc.old, s.vc.exam = "", nil, nil
 			var err error
 			oldSel, err = s.oldUp.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
 			if err != nil {
 				return nil, s.checkOld(err)
 			}
-			s.oldExamined, s.oldSelData = mailbox, oldSel
+			s.examined(s.oldUp, mailbox, oldSel)
 		}
 		v.old = &vside{name: "old", c: s.oldUp, mailbox: mailbox}
 	}
@@ -1201,7 +1245,7 @@ func (s *imapSession) statusVirtual(mailbox string, options *imap.StatusOptions)
 // withExamined runs f with v's mailbox EXAMINEd on both sides, then puts
 // back the session's selected mailbox, if any.
 func (s *imapSession) withExamined(v *vmail, f func() error) error {
-	s.oldExamined, s.vc.old = "", nil
+	s.oldExamined, s.vc.old, s.vc.exam = "", nil, nil
 	for _, sd := range []*vside{v.old, v.new} {
 		if sd == nil {
 			continue
@@ -1222,7 +1266,7 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 				err = s.check(rerr)
 			}
 			if rerr == nil && sd == cur.old {
-				s.oldExamined, s.oldSelData = sd.mailbox, data
+				s.examined(sd.c, sd.mailbox, data)
 			}
 		}
 	} else {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"slices"
 	"strconv"
@@ -21,9 +22,15 @@ import (
 // read), after which old's expunges no longer concern them.
 func vcView(t *testing.T, c *imapclient.Client, when string) map[imap.UID][32]byte {
 	t.Helper()
-	sel, err := c.Select("INBOX", nil).Wait()
+	return vcViewOf(t, c, "INBOX", when)
+}
+
+// vcViewOf is vcView of any mailbox.
+func vcViewOf(t *testing.T, c *imapclient.Client, mailbox, when string) map[imap.UID][32]byte {
+	t.Helper()
+	sel, err := c.Select(mailbox, nil).Wait()
 	if err != nil {
-		t.Fatalf("%s: SELECT INBOX: %v", when, err)
+		t.Fatalf("%s: SELECT %s: %v", when, mailbox, err)
 	}
 	res, err := c.UIDSearch(&imap.SearchCriteria{}, nil).Wait()
 	if err != nil {
@@ -186,3 +193,139 @@ func TestVirtualReselectSeesEveryChange(t *testing.T) {
 
 // msgID is the Message-ID header value of msgN(n, ...).
 func msgID(n int) string { return "<" + strconv.Itoa(n) + "@test>" }
+
+// vcExpunge expunges message msgN(n, ...) from mailbox through c, a
+// direct client of old, as another of the member's clients would.
+func vcExpunge(t *testing.T, c *imapclient.Client, mailbox string, n int) {
+	t.Helper()
+	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.UIDSearch(&imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Message-ID", Value: msgID(n)}}}, nil).Wait()
+	if err != nil || len(res.AllUIDs()) != 1 {
+		t.Fatalf("old: find message %d in %s: %v (%v)", n, mailbox, err, res)
+	}
+	set := imap.UIDSetNum(res.AllUIDs()...)
+	if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UIDExpunge(set).Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVirtualSharedOldList checks the list of old's UIDs that sessions
+// share through the map cache (store.OldList): each new session sees
+// exactly the union of old and new after a delivery to old, an expunge in
+// old, an expunge plus a delivery that leave the count equal, and a folder
+// deleted and made again in old with the same UIDNEXT and EXISTS but
+// another UIDVALIDITY.
+func TestVirtualSharedOldList(t *testing.T) {
+	m := startMigration(t, testUser)
+	var seeds []dovetest.SeedMessage
+	for i := range 6 {
+		seeds = append(seeds, dovetest.SeedMessage{Mailbox: "INBOX", Body: msgN(i+1, 700), InternalDate: time.Date(2024, 5, 1, 9, i, 0, 0, time.UTC)})
+	}
+	m.old.SeedMaildir(t, testUser, seeds)
+	m.old.CreateMailbox(t, testUser, "Archivio")
+	for n := 201; n <= 203; n++ {
+		m.old.Deliver(t, testUser, "Archivio", msgN(n, 700))
+	}
+	direct := m.old.Dial(t, testUser)
+	vcExpunge(t, direct, "Archivio", 202) // Archivio: UIDs 1 and 3, UIDNEXT 4
+	mcFlip(t, m, config.StateMigrating, false)
+	pass := m.old.Password(testUser)
+
+	want := map[string]map[[32]byte]bool{"INBOX": {}, "Archivio": {vcHeader(201): true, vcHeader(203): true}}
+	for i := range seeds {
+		want["INBOX"][vcHeader(i+1)] = true
+	}
+	named := map[string]map[imap.UID][32]byte{"INBOX": {}, "Archivio": {}}
+	fresh := func(mailbox, when string) {
+		t.Helper()
+		c := m.gw.login(t, testUser, pass, nil)
+		v := vcViewOf(t, c, mailbox, when)
+		if err := c.Logout().Wait(); err != nil {
+			t.Fatal(err)
+		}
+		var wantHashes [][32]byte
+		for h := range want[mailbox] {
+			wantHashes = append(wantHashes, h)
+		}
+		slices.SortFunc(wantHashes, func(a, b [32]byte) int { return slices.Compare(a[:], b[:]) })
+		if got := vcHashes(v); !slices.EqualFunc(got, wantHashes, func(a, b [32]byte) bool { return a == b }) {
+			t.Fatalf("%s: a new session shows %d messages in %s, the union of old and new is %d (or other bytes)", when, len(got), mailbox, len(wantHashes))
+		}
+		if mailbox != "INBOX" {
+			return // old changed its UIDVALIDITY under Archivio: its UIDs name other messages
+		}
+		for u, h := range v {
+			if old, ok := named[mailbox][u]; ok && old != h {
+				t.Fatalf("%s: UID %d now names other bytes (invariant 1)", when, u)
+			}
+			named[mailbox][u] = h
+		}
+	}
+	shared := func(mailbox string) bool {
+		e, err := m.maps.Get(context.Background(), testUser, mailbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Lock()
+		defer e.Unlock()
+		return e.Old != nil
+	}
+	deliver := func(n int) {
+		t.Helper()
+		m.old.Deliver(t, testUser, "INBOX", msgN(n, 700))
+		want["INBOX"][vcHeader(n)] = true
+	}
+	expunge := func(n int) {
+		t.Helper()
+		vcExpunge(t, direct, "INBOX", n)
+		delete(want["INBOX"], vcHeader(n))
+	}
+
+	fresh("INBOX", "first session")
+	if !shared("INBOX") {
+		t.Fatal("after a SELECT of INBOX, the map cache holds no list of old's UIDs for other sessions")
+	}
+	fresh("INBOX", "second session, nothing changed")
+
+	deliver(7)
+	fresh("INBOX", "after a delivery to old")
+	expunge(2)
+	fresh("INBOX", "after an expunge in old")
+	expunge(3)
+	deliver(8)
+	fresh("INBOX", "after an expunge and a delivery in old (same count)")
+	fresh("INBOX", "nothing changed since")
+
+	fresh("Archivio", "Archivio, first session")
+	if !shared("Archivio") {
+		t.Fatal("after a SELECT of Archivio, the map cache holds no list of old's UIDs for other sessions")
+	}
+	st, err := direct.Status("Archivio", &imap.StatusOptions{UIDValidity: true, UIDNext: true, NumMessages: true}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Unselect().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	m.old.Doveadm(t, "mailbox", "delete", "-u", testUser, "Archivio")
+	m.old.CreateMailbox(t, testUser, "Archivio")
+	for n := 211; n <= 213; n++ {
+		m.old.Deliver(t, testUser, "Archivio", msgN(n, 700))
+	}
+	vcExpunge(t, direct, "Archivio", 211) // UIDs 2 and 3, UIDNEXT 4 again
+	want["Archivio"] = map[[32]byte]bool{vcHeader(212): true, vcHeader(213): true}
+	st2, err := direct.Status("Archivio", &imap.StatusOptions{UIDValidity: true, UIDNext: true, NumMessages: true}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.UIDValidity == st.UIDValidity || st2.UIDNext != st.UIDNext || *st2.NumMessages != *st.NumMessages {
+		t.Fatalf("premise: Archivio made again in old should keep UIDNEXT %d and EXISTS %d under another UIDVALIDITY than %d; it has UIDVALIDITY %d, UIDNEXT %d, EXISTS %d",
+			st.UIDNext, *st.NumMessages, st.UIDValidity, st2.UIDValidity, st2.UIDNext, *st2.NumMessages)
+	}
+	fresh("Archivio", "after Archivio was made again in old (other UIDVALIDITY, same UIDNEXT and EXISTS)")
+}

@@ -258,7 +258,7 @@ func (s *imapSession) applyFlip() {
 			s.oldUp.Logout()
 			s.oldUp = nil
 		}
-		s.oldExamined, s.vc.oldChanges, s.vc.old = "", nil, nil
+		s.oldExamined, s.vc = "", vcache{newChanges: s.vc.newChanges}
 		if s.vm != nil {
 			s.vm.old = nil
 			s.queueUpdate(update{kind: updResync})
