@@ -154,6 +154,14 @@ type examState struct {
 	uidValidity, uidNext, exists uint32
 }
 
+// oldSource names the old provider, for store.OldList.
+func (s *imapSession) oldSource() string {
+	if s.route == nil || s.route.Old == nil {
+		return ""
+	}
+	return s.route.Old.Name
+}
+
 // examined records a new EXAMINE of mailbox on old's connection c.
 func (s *imapSession) examined(c *backend.IMAPConn, mailbox string, data *imap.SelectData) {
 	s.oldExamined, s.oldSelData = mailbox, data
@@ -193,7 +201,7 @@ func (v *vmail) oldList() ([]store.UID, error) {
 		v.entry.Lock()
 		shared := v.entry.Old
 		v.entry.Unlock()
-		if shared.Matches(ex.uidValidity, ex.uidNext, ex.exists) {
+		if shared.Matches(s.oldSource(), ex.uidValidity, ex.uidNext, ex.exists) {
 			uids = shared.UIDs()
 		}
 	}
@@ -203,7 +211,7 @@ func (v *vmail) oldList() ([]store.UID, error) {
 			return nil, err
 		}
 		if asExamined && w.Load() == changes {
-			if l := store.NewOldList(ex.uidValidity, ex.uidNext, ex.exists, uids); l != nil {
+			if l := store.NewOldList(s.oldSource(), ex.uidValidity, ex.uidNext, ex.exists, uids); l != nil {
 				v.entry.Lock()
 				v.entry.Old = l
 				v.entry.Unlock()

@@ -35,12 +35,15 @@ type MapEntry struct {
 }
 
 // OldList is the old provider's UID list of one mailbox under the
-// UIDVALIDITY, UIDNEXT and EXISTS that EXAMINE reported with it. Equal
-// values at a later EXAMINE mean an equal list: a message added gets a UID
+// UIDVALIDITY, UIDNEXT and EXISTS that EXAMINE reported with it, and the
+// name of that provider (Source: the map outlives a migration, and the
+// next one has another old provider). Equal values at a later EXAMINE of
+// the same provider mean an equal list: a message added gets a UID
 // at or above UIDNEXT, which then grows, and with nothing added an equal
 // count means nothing was expunged. It holds the UIDs as ranges, so a
 // mailbox whose messages were seldom expunged costs a few bytes.
 type OldList struct {
+	Source                       string
 	UIDValidity, UIDNext, Exists uint32
 	ranges                       []Range
 }
@@ -49,15 +52,15 @@ type OldList struct {
 // more fragmented than that is not kept.
 const oldListMaxRanges = 4096
 
-// NewOldList returns the list of uids (ascending, distinct) under the
-// status EXAMINE reported, or nil when it cannot serve: no UIDNEXT, a
+// NewOldList returns the list of uids (ascending, distinct) of provider
+// source under the status EXAMINE reported, or nil when it cannot serve: no UIDNEXT, a
 // count that disagrees with EXISTS, unsorted UIDs, UIDs at or above
 // UIDNEXT, or more than oldListMaxRanges ranges.
-func NewOldList(uidValidity, uidNext, exists uint32, uids []UID) *OldList {
+func NewOldList(source string, uidValidity, uidNext, exists uint32, uids []UID) *OldList {
 	if uidNext == 0 || len(uids) != int(exists) {
 		return nil
 	}
-	l := &OldList{UIDValidity: uidValidity, UIDNext: uidNext, Exists: exists}
+	l := &OldList{Source: source, UIDValidity: uidValidity, UIDNext: uidNext, Exists: exists}
 	for i, u := range uids {
 		if u == 0 || u >= uidNext || (i > 0 && u <= uids[i-1]) {
 			return nil
@@ -74,9 +77,10 @@ func NewOldList(uidValidity, uidNext, exists uint32, uids []UID) *OldList {
 	return l
 }
 
-// Matches reports whether l was taken under the given EXAMINE status.
-func (l *OldList) Matches(uidValidity, uidNext, exists uint32) bool {
-	return l != nil && uidNext != 0 && l.UIDValidity == uidValidity && l.UIDNext == uidNext && l.Exists == exists
+// Matches reports whether l was taken at provider source under the given
+// EXAMINE status.
+func (l *OldList) Matches(source string, uidValidity, uidNext, exists uint32) bool {
+	return l != nil && uidNext != 0 && l.Source == source && l.UIDValidity == uidValidity && l.UIDNext == uidNext && l.Exists == exists
 }
 
 // UIDs returns the list, ascending, in a new slice.

@@ -10,26 +10,29 @@ import (
 // refused where it could not serve.
 func TestOldList(t *testing.T) {
 	uids := []UID{1, 2, 3, 7, 9, 10, 11, 50000}
-	l := NewOldList(777, 50001, uint32(len(uids)), uids)
+	l := NewOldList("aruba", 777, 50001, uint32(len(uids)), uids)
 	if l == nil {
 		t.Fatal("NewOldList refused a valid list")
 	}
 	if got := l.UIDs(); !slices.Equal(got, uids) {
 		t.Fatalf("UIDs() = %v, want %v", got, uids)
 	}
-	if !l.Matches(777, 50001, 8) {
+	if !l.Matches("aruba", 777, 50001, 8) {
 		t.Fatal("does not match the status it was taken under")
 	}
 	for _, c := range [][3]uint32{{778, 50001, 8}, {777, 50002, 8}, {777, 50001, 7}, {777, 0, 8}} {
-		if l.Matches(c[0], c[1], c[2]) {
+		if l.Matches("aruba", c[0], c[1], c[2]) {
 			t.Errorf("matches UIDVALIDITY %d UIDNEXT %d EXISTS %d, taken under 777 50001 8", c[0], c[1], c[2])
 		}
 	}
+	if l.Matches("infocert", 777, 50001, 8) {
+		t.Error("matches the same status at another provider")
+	}
 	var none *OldList
-	if none.Matches(777, 50001, 8) {
+	if none.Matches("aruba", 777, 50001, 8) {
 		t.Error("a nil list matches")
 	}
-	if e := NewOldList(1, 5, 0, nil); e == nil || len(e.UIDs()) != 0 || !e.Matches(1, 5, 0) {
+	if e := NewOldList("aruba", 1, 5, 0, nil); e == nil || len(e.UIDs()) != 0 || !e.Matches("aruba", 1, 5, 0) {
 		t.Errorf("empty mailbox: %+v", e)
 	}
 
@@ -44,7 +47,7 @@ func TestOldList(t *testing.T) {
 		"UID at UIDNEXT":      {9, 2, []UID{1, 9}},
 		"UID 0":               {9, 2, []UID{0, 1}},
 	} {
-		if l := NewOldList(1, c.next, c.exists, c.uids); l != nil {
+		if l := NewOldList("aruba", 1, c.next, c.exists, c.uids); l != nil {
 			t.Errorf("%s: NewOldList accepted %v (UIDNEXT %d, EXISTS %d)", name, c.uids, c.next, c.exists)
 		}
 	}
@@ -54,10 +57,10 @@ func TestOldList(t *testing.T) {
 	for u := UID(1); len(sparse) <= oldListMaxRanges; u += 2 {
 		sparse = append(sparse, u)
 	}
-	if l := NewOldList(1, sparse[len(sparse)-1]+1, uint32(len(sparse)), sparse); l != nil {
+	if l := NewOldList("aruba", 1, sparse[len(sparse)-1]+1, uint32(len(sparse)), sparse); l != nil {
 		t.Errorf("a list of %d ranges was kept (at most %d)", len(sparse), oldListMaxRanges)
 	}
-	if l := NewOldList(1, sparse[len(sparse)-2]+1, uint32(len(sparse)-1), sparse[:len(sparse)-1]); l == nil || !slices.Equal(l.UIDs(), sparse[:len(sparse)-1]) {
+	if l := NewOldList("aruba", 1, sparse[len(sparse)-2]+1, uint32(len(sparse)-1), sparse[:len(sparse)-1]); l == nil || !slices.Equal(l.UIDs(), sparse[:len(sparse)-1]) {
 		t.Errorf("a list of %d ranges was refused or changed", oldListMaxRanges)
 	}
 }
