@@ -228,6 +228,7 @@ func (v *vmail) oldList() ([]store.UID, error) {
 // special-use role first (old's \Sent is new's \Sent, whatever each calls
 // it), then by name with the hierarchy delimiter converted.
 func (s *imapSession) newName(mailbox string) string {
+	s.needRoles(mailbox)
 	if n, ok := s.roleNew[mailbox]; ok {
 		return n
 	}
@@ -239,6 +240,7 @@ func (s *imapSession) newName(mailbox string) string {
 
 // oldName maps a new provider's name back to the client's.
 func (s *imapSession) oldName(mailbox string) string {
+	s.needRoles(mailbox)
 	if o, ok := s.roleOld[mailbox]; ok {
 		return o
 	}
@@ -1285,6 +1287,18 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 		}
 	}
 	return err
+}
+
+// needRoles pairs the special-use folders (mapRoles) the first time a
+// name other than INBOX, which has no role, needs them. Not at login: a
+// LIST of the folders makes Dovecot's every later SELECT or EXAMINE in the
+// session cost tens of milliseconds on a 50,000-message mailbox (measured:
+// 0.7 ms without, 40-50 ms after any LIST "" "*"), and a phone that
+// reconnects to SELECT INBOX and IDLE never needs the roles.
+func (s *imapSession) needRoles(mailbox string) {
+	if s.roleNew == nil && !strings.EqualFold(mailbox, "INBOX") {
+		s.mapRoles(context.Background())
+	}
 }
 
 // specialUse are the roles mapped between providers (RFC 6154).

@@ -329,3 +329,53 @@ func TestVirtualSharedOldList(t *testing.T) {
 	}
 	fresh("Archivio", "after Archivio was made again in old (other UIDVALIDITY, same UIDNEXT and EXISTS)")
 }
+
+// TestVirtualRolesWithoutList checks that the special-use pairs, made
+// when first needed rather than at login, serve a session that never
+// LISTs: it SELECTs INBOX, then APPENDs to and SELECTs old's "Posta
+// inviata", which must land in new's "Sent", not in a folder of that name.
+func TestVirtualRolesWithoutList(t *testing.T) {
+	dovetest.Require(t)
+	old := dovetest.Start(t, dovetest.Options{Name: "old", Users: []dovetest.User{{Address: testUser, Password: "old-pw"}},
+		Delimiter: ".", SpecialUse: map[string]string{`\Sent`: "Posta inviata", `\Trash`: "Cestino"}})
+	nw := dovetest.Start(t, dovetest.Options{Name: "new", Users: []dovetest.User{{Address: testUser, Password: "new-pw"}},
+		Delimiter: "/", SpecialUse: map[string]string{`\Sent`: "Sent", `\Trash`: "Trash"}})
+	old.SeedMaildir(t, testUser, []dovetest.SeedMessage{
+		{Mailbox: "INBOX", Body: msgN(1, 300)},
+		{Mailbox: "Posta inviata", Body: msgN(2, 300), Flags: []string{`\Seen`}},
+	})
+	m := migrationOn(t, old, nw, testUser)
+	mcFlip(t, m, config.StateMigrating, false)
+	c := m.gw.login(t, testUser, "old-pw", nil)
+	if sel, err := c.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 1 {
+		t.Fatalf("SELECT INBOX in migrating: %v %+v", err, sel)
+	}
+	sent := []byte("From: giulia\r\nSubject: inviata\r\n\r\nciao\r\n")
+	ap := c.Append("Posta inviata", int64(len(sent)), &imap.AppendOptions{Flags: []imap.Flag{imap.FlagSeen}})
+	if _, err := ap.Write(sent); err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ap.Wait(); err != nil {
+		t.Fatalf("APPEND to Posta inviata: %v", err)
+	}
+	if sel, err := c.Select("Posta inviata", nil).Wait(); err != nil || sel.NumMessages != 2 {
+		t.Fatalf("Posta inviata in migrating should show old's message and the appended one: %v %+v", err, sel)
+	}
+	direct := nw.Dial(t, testUser)
+	st, err := direct.Status("Sent", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil || *st.NumMessages != 1 {
+		t.Fatalf("new's Sent should hold the appended message: %v %+v", err, st)
+	}
+	list, err := direct.List("", "*", nil).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range list {
+		if l.Mailbox == "Posta inviata" {
+			t.Fatal(`new has a folder "Posta inviata": the gateway did not map old's \Sent to new's`)
+		}
+	}
+}

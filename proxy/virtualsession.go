@@ -87,7 +87,7 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 	}
 	s.state = route.State
 	s.route = route
-	s.mapRoles(ctx)
+	s.roleNew, s.roleOld = nil, nil // paired when first needed (needRoles)
 	return nil
 }
 
@@ -234,7 +234,7 @@ func (s *imapSession) applyFlip() {
 		s.route, s.state = route, to
 		s.mt.SetState(to)
 		s.log = s.routeLog(route)
-		s.mapRoles(ctx)
+		s.roleNew, s.roleOld = nil, nil // paired when first needed (needRoles)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
 			if _, err := s.selectVirtual(s.selected, s.readOnly); err != nil {
