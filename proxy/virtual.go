@@ -302,8 +302,9 @@ func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.Select
 	if s.oldUp != nil {
 		// EXAMINE: old is only ever read (invariant 4). Dovecot takes tens
 		// of milliseconds to re-open a large mailbox, and old's does not
-		// change under a read-only session but for deliveries, which the
-		// NOOP in refresh picks up: a mailbox already examined stays so.
+		// change under a read-only session but for deliveries and other
+		// clients' expunges, which the NOOP in refresh picks up: a mailbox
+		// already examined stays so, across UNSELECT too (vUnselect).
 		if s.oldExamined == mailbox && s.oldSelData != nil {
 			oldSel = s.oldSelData
 		} else {
