@@ -43,12 +43,29 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	return len(p), c.err
 }
 
+// flushLocked writes what is held, under a write deadline of its own:
+// imapserver's per-response deadlines are skipped while batching.
 func (c *batchConn) flushLocked() {
 	if len(c.buf) == 0 || c.err != nil {
 		return
 	}
+	c.Conn.SetWriteDeadline(time.Now().Add(literalWriteTimeout))
 	_, c.err = c.Conn.Write(c.buf)
+	c.Conn.SetWriteDeadline(time.Time{})
 	c.buf = c.buf[:0]
+}
+
+// SetWriteDeadline passes through, except while batching: imapserver sets
+// and clears a deadline around every response (two timer updates per
+// FETCH line), but held bytes reach the network only in flushLocked,
+// which bounds each write itself.
+func (c *batchConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.batching {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // begin starts coalescing; end writes what is held and stops.
@@ -61,13 +78,9 @@ func (c *batchConn) begin() {
 func (c *batchConn) end() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// imapserver clears its write deadline after each response; the held
-	// bytes still get one, so a stalled client cannot block the session.
-	if len(c.buf) > 0 {
-		c.Conn.SetWriteDeadline(time.Now().Add(literalWriteTimeout))
-		c.flushLocked()
-		c.Conn.SetWriteDeadline(time.Time{})
-	}
+	// The held bytes get a deadline (flushLocked), so a stalled client
+	// cannot block the session.
+	c.flushLocked()
 	c.batching = false
 	if cap(c.buf) > 4*batchSize {
 		c.buf = nil

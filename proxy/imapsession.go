@@ -54,6 +54,7 @@ type imapSession struct {
 	oldExamined        string            // mailbox EXAMINEd on oldUp, "" when unsure
 	wIsOld             bool              // state old after a rollback: newUp is old's connection, mapped by the Old side
 	oldSelData         *imap.SelectData
+	vc                 vcache // virtual mode: what SELECT may reuse (virtual.go)
 	state              string // the state the session serves
 	flips              <-chan struct{}
 	unsubscribe        func()

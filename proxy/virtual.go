@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -64,25 +66,169 @@ func (sd *vside) searchAll() ([]store.UID, error) {
 	if err := sd.c.Noop().Wait(); err != nil {
 		return nil, err
 	}
+	return sd.search()
+}
+
+// search lists the side's UIDs in sequence order, as the connection's
+// view has them (no NOOP).
+func (sd *vside) search() ([]store.UID, error) {
 	data, err := sd.c.UIDSearch(&imap.SearchCriteria{}, &imap.SearchOptions{ReturnAll: true}).Wait()
 	if err != nil {
 		return nil, err
 	}
-	var out []store.UID
-	if data.All != nil {
-		uids, _ := data.All.(imap.UIDSet).Nums()
-		for _, u := range uids {
+	set, _ := data.All.(imap.UIDSet)
+	return uidsOf(set), nil
+}
+
+// uidsOf expands a UID set into sorted, distinct UIDs, without the
+// intermediate lists of imap.UIDSet.Nums.
+func uidsOf(set imap.UIDSet) []store.UID {
+	n := 0
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			continue // "*" has no meaning in a search result
+		}
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
+		n += int(hi-lo) + 1
+	}
+	out := make([]store.UID, 0, n)
+	for _, r := range set {
+		if r.Start == 0 || r.Stop == 0 {
+			continue
+		}
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
+		for u := lo; ; u++ {
 			out = append(out, store.UID(u))
+			if u == hi {
+				break
+			}
 		}
 	}
-	slices.Sort(out)
-	return out, nil
+	for i := 1; i < len(out); i++ {
+		if out[i] <= out[i-1] {
+			slices.Sort(out)
+			return slices.Compact(out)
+		}
+	}
+	return out
+}
+
+// vcache is what a session remembers of its upstream connections between
+// commands, to spare a large mailbox's work at every SELECT.
+//
+// oldChanges and newChanges count the EXISTS and EXPUNGE responses each
+// side's connection received (clientOptions); nil for a connection whose
+// handler does not count (one opened in state old and flipped live). old
+// is old's UID list as last searched, valid while old's connection keeps
+// the same mailbox EXAMINEd and has reported no EXISTS or EXPUNGE since:
+// old is only ever read through the gateway, so its list changes only by
+// deliveries and other clients' expunges, and IMAP tells a session of
+// both (the NOOP before each use makes Dovecot report them).
+//
+// exam is what old's last EXAMINE reported. While the connection has
+// reported no change since, the session's view of old is the one that
+// EXAMINE described, and the list another session found under the same
+// UIDVALIDITY, UIDNEXT and EXISTS (store.OldList, in the map's cache
+// entry) is this session's list too: a new session spares the search.
+type vcache struct {
+	oldChanges, newChanges *atomic.Uint64
+	old                    *sideList
+	exam                   *examState
+}
+
+// sideList is one side's UID list (sequence order) and what it was
+// taken under.
+type sideList struct {
+	c       *backend.IMAPConn
+	mailbox string
+	changes uint64 // the connection's change count when the list was taken
+	uids    []store.UID
+}
+
+// examState is an EXAMINE of old: its status and the connection's change
+// count right after it.
+type examState struct {
+	c                            *backend.IMAPConn
+	mailbox                      string
+	changes                      uint64
+	uidValidity, uidNext, exists uint32
+}
+
+// oldSource names the old provider, for store.OldList.
+func (s *imapSession) oldSource() string {
+	if s.route == nil || s.route.Old == nil {
+		return ""
+	}
+	return s.route.Old.Name
+}
+
+// examined records a new EXAMINE of mailbox on old's connection c.
+func (s *imapSession) examined(c *backend.IMAPConn, mailbox string, data *imap.SelectData) {
+	s.oldExamined, s.oldSelData = mailbox, data
+	s.vc.old, s.vc.exam = nil, nil
+	if w := s.vc.oldChanges; w != nil && data != nil {
+		s.vc.exam = &examState{c: c, mailbox: mailbox, changes: w.Load(),
+			uidValidity: data.UIDValidity, uidNext: uint32(data.UIDNext), exists: data.NumMessages}
+	}
+}
+
+// oldList returns old's UID list in sequence order: the session's cached
+// one when old's connection reported no change since it was taken, the
+// one another session found under the same EXAMINE status (vcache), or a
+// new UID SEARCH. The caller must not modify the list.
+func (v *vmail) oldList() ([]store.UID, error) {
+	s, sd := v.s, v.old
+	w := s.vc.oldChanges
+	if w == nil {
+		return sd.searchAll()
+	}
+	// Let Dovecot report what changed since (searchAll NOOPs too).
+	if err := sd.c.Noop().Wait(); err != nil {
+		return nil, err
+	}
+	current := s.oldExamined == sd.mailbox
+	if l := s.vc.old; l != nil && l.c == sd.c && l.mailbox == sd.mailbox && current && w.Load() == l.changes {
+		return l.uids, nil
+	}
+	s.vc.old = nil
+	// Taken after the NOOP: a change reported during the SEARCH makes the
+	// next call search again.
+	changes := w.Load()
+	ex := s.vc.exam
+	asExamined := current && ex != nil && ex.c == sd.c && ex.mailbox == sd.mailbox && ex.changes == changes && v.entry != nil
+	var uids []store.UID
+	if asExamined {
+		v.entry.Lock()
+		shared := v.entry.Old
+		v.entry.Unlock()
+		if shared.Matches(s.oldSource(), ex.uidValidity, ex.uidNext, ex.exists) {
+			uids = shared.UIDs()
+		}
+	}
+	if uids == nil {
+		var err error
+		if uids, err = sd.search(); err != nil {
+			return nil, err
+		}
+		if asExamined && w.Load() == changes {
+			if l := store.NewOldList(s.oldSource(), ex.uidValidity, ex.uidNext, ex.exists, uids); l != nil {
+				v.entry.Lock()
+				v.entry.Old = l
+				v.entry.Unlock()
+			}
+		}
+	}
+	if current {
+		s.vc.old = &sideList{c: sd.c, mailbox: sd.mailbox, changes: changes, uids: uids}
+	}
+	return uids, nil
 }
 
 // newName maps a client (old) mailbox name to the new provider's: by
 // special-use role first (old's \Sent is new's \Sent, whatever each calls
 // it), then by name with the hierarchy delimiter converted.
 func (s *imapSession) newName(mailbox string) string {
+	s.needRoles(mailbox)
 	if n, ok := s.roleNew[mailbox]; ok {
 		return n
 	}
@@ -94,6 +240,7 @@ func (s *imapSession) newName(mailbox string) string {
 
 // oldName maps a new provider's name back to the client's.
 func (s *imapSession) oldName(mailbox string) string {
+	s.needRoles(mailbox)
 	if o, ok := s.roleOld[mailbox]; ok {
 		return o
 	}
@@ -155,18 +302,19 @@ func (s *imapSession) selectVirtual(mailbox string, readOnly bool) (*imap.Select
 	if s.oldUp != nil {
 		// EXAMINE: old is only ever read (invariant 4). Dovecot takes tens
 		// of milliseconds to re-open a large mailbox, and old's does not
-		// change under a read-only session but for deliveries, which the
-		// NOOP in refresh picks up: a mailbox already examined stays so.
+		// change under a read-only session but for deliveries and other
+		// clients' expunges, which the NOOP in refresh picks up: a mailbox
+		// already examined stays so, across UNSELECT too (vUnselect).
 		if s.oldExamined == mailbox && s.oldSelData != nil {
 			oldSel = s.oldSelData
 		} else {
-			s.oldExamined = ""
+			s.oldExamined, s.vc.old, s.vc.exam = "", nil, nil
 			var err error
 			oldSel, err = s.oldUp.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
 			if err != nil {
 				return nil, s.checkOld(err)
 			}
-			s.oldExamined, s.oldSelData = mailbox, oldSel
+			s.examined(s.oldUp, mailbox, oldSel)
 		}
 		v.old = &vside{name: "old", c: s.oldUp, mailbox: mailbox}
 	}
@@ -237,7 +385,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 	var oldUIDs []store.UID
 	if v.old != nil {
 		var err error
-		if oldUIDs, err = v.old.searchAll(); err != nil {
+		if oldUIDs, err = v.oldList(); err != nil {
 			return v.s.checkOld(err)
 		}
 	}
@@ -257,7 +405,10 @@ func (v *vmail) refresh(ctx context.Context) error {
 		maxNew = newUIDs[len(newUIDs)-1]
 	}
 	changed := false
-	var view []store.UID
+	// What new serves, then what old serves: each is usually sorted
+	// already, and merging them is cheaper than sorting 50,000 UIDs.
+	var fromNew []store.UID
+	view := make([]store.UID, 0, len(oldUIDs)+len(newUIDs))
 	for _, n := range newUIDs {
 		vu, ok := v.s.byW(m, n)
 		if !ok {
@@ -269,7 +420,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 		if vu == 0 || m.IsGone(vu) {
 			continue
 		}
-		view = append(view, vu)
+		fromNew = append(fromNew, vu)
 	}
 	// Below the freeze, an old UID is its own virtual UID unless a run
 	// (copied) or a gone range (expunged) covers it: walk both sorted
@@ -331,8 +482,7 @@ func (v *vmail) refresh(ctx context.Context) error {
 		}
 		view = append(view, vu)
 	}
-	slices.Sort(view)
-	view = slices.Compact(view)
+	view = mergeSorted(view, fromNew)
 	if changed || m.Next != before {
 		if err := v.s.srv.opts.Maps.Save(ctx, v.entry, nil); err != nil {
 			return err
@@ -344,6 +494,36 @@ func (v *vmail) refresh(ctx context.Context) error {
 	v.new.uids = newUIDs
 	v.view = view
 	return nil
+}
+
+// mergeSorted returns the sorted union of a and b, without duplicates. It
+// sorts a and b in place when they are not sorted.
+func mergeSorted(a, b []store.UID) []store.UID {
+	for _, l := range [][]store.UID{a, b} {
+		if !slices.IsSorted(l) {
+			slices.Sort(l)
+		}
+	}
+	if len(b) == 0 {
+		return slices.Compact(a)
+	}
+	out := make([]store.UID, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		var u store.UID
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			u, i = a[i], i+1
+		case i == len(a) || b[j] < a[i]:
+			u, j = b[j], j+1
+		default: // equal
+			u, i, j = a[i], i+1, j+1
+		}
+		if n := len(out); n == 0 || out[n-1] != u {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // resync refreshes and tells the client what changed: EXPUNGE for
@@ -433,9 +613,24 @@ func starOr(n, star uint32) uint32 {
 // split sorts virtual UIDs by the side that serves them: new when the
 // message was copied, old otherwise. The maps go side UID -> virtual.
 func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
-	oldU, newU = map[store.UID]store.UID{}, map[store.UID]store.UID{}
+	oldP, newP := v.splitPairs(vs)
+	oldU, newU = make(map[store.UID]store.UID, len(oldP)), make(map[store.UID]store.UID, len(newP))
+	for _, p := range oldP {
+		oldU[p.side] = p.v
+	}
+	for _, p := range newP {
+		newU[p.side] = p.v
+	}
+	return oldU, newU
+}
+
+// sidePair is a message one side serves: its UID there and its virtual UID.
+type sidePair struct{ side, v store.UID }
+
+// splitPairs is split as lists sorted by side UID, one UID once: what a
+// FETCH of the whole mailbox walks without a map per message.
+func (v *vmail) splitPairs(vs []store.UID) (oldP, newP []sidePair) {
 	v.entry.Lock()
-	defer v.entry.Unlock()
 	for _, u := range vs {
 		o, n, ok := v.entry.M.Lookup(u)
 		if v.s.wIsOld {
@@ -452,36 +647,74 @@ func (v *vmail) split(vs []store.UID) (oldU, newU map[store.UID]store.UID) {
 		switch {
 		case !ok:
 		case n != 0:
-			newU[n] = u
+			newP = append(newP, sidePair{side: n, v: u})
 		case o != 0 && v.old != nil:
-			oldU[o] = u
+			oldP = append(oldP, sidePair{side: o, v: u})
 		}
 	}
-	return oldU, newU
+	v.entry.Unlock()
+	return sortPairs(oldP), sortPairs(newP)
+}
+
+func sortPairs(ps []sidePair) []sidePair {
+	bySide := func(a, b sidePair) int { return cmp.Compare(a.side, b.side) }
+	if !slices.IsSortedFunc(ps, bySide) {
+		slices.SortStableFunc(ps, bySide)
+	}
+	return slices.CompactFunc(ps, func(a, b sidePair) bool { return a.side == b.side })
+}
+
+// find returns the virtual UID of side UID su in ps (sorted by side),
+// trying index hint first (answers come in UID order), and the index to
+// try next.
+func find(ps []sidePair, su store.UID, hint int) (store.UID, int) {
+	if hint < len(ps) && ps[hint].side == su {
+		return ps[hint].v, hint + 1
+	}
+	i, ok := slices.BinarySearchFunc(ps, su, func(p sidePair, u store.UID) int { return cmp.Compare(p.side, u) })
+	if !ok {
+		return 0, hint
+	}
+	return ps[i].v, i + 1
+}
+
+// pairSet is the UID set of ps's side UIDs (sorted), as ranges.
+func pairSet(ps []sidePair) imap.UIDSet {
+	var s imap.UIDSet
+	for _, p := range ps {
+		u := imap.UID(p.side)
+		if n := len(s); n > 0 && s[n-1].Stop+1 == u {
+			s[n-1].Stop = u
+			continue
+		}
+		s = append(s, imap.UIDRange{Start: u, Stop: u})
+	}
+	return s
 }
 
 func uidSetOf(m map[store.UID]store.UID) imap.UIDSet {
-	var s imap.UIDSet
+	ps := make([]sidePair, 0, len(m))
 	for u := range m {
-		s.AddNum(imap.UID(u))
+		ps = append(ps, sidePair{side: u})
 	}
-	return s
+	return pairSet(sortPairs(ps))
 }
 
 // fetch implements FETCH on the view: each side is asked for its
 // messages by UID and the answers are renumbered.
 func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
-	oldU, newU := v.split(v.resolve(numSet))
+	oldP, newP := v.splitPairs(v.resolve(numSet))
 	opts := *options
 	opts.UID = true
 	for _, part := range []struct {
-		sd   *vside
-		uids map[store.UID]store.UID
-	}{{v.old, oldU}, {v.new, newU}} {
-		if len(part.uids) == 0 {
+		sd    *vside
+		pairs []sidePair
+	}{{v.old, oldP}, {v.new, newP}} {
+		if len(part.pairs) == 0 {
 			continue
 		}
-		cmd := part.sd.c.Fetch(uidSetOf(part.uids), &opts)
+		cmd := part.sd.c.Fetch(pairSet(part.pairs), &opts)
+		next := 0
 		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
 			// Place the answer by its UID (Dovecot sends it first), which
 			// stays right whatever the upstream's sequence numbers did
@@ -489,10 +722,10 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 			var vu store.UID
 			first := msg.Next()
 			if u, ok := first.(imapclient.FetchItemDataUID); ok {
-				vu = part.uids[store.UID(u.UID)]
+				vu, next = find(part.pairs, store.UID(u.UID), next)
 				first = nil
 			} else if int(msg.SeqNum) <= len(part.sd.uids) && msg.SeqNum > 0 {
-				vu = part.uids[part.sd.uids[msg.SeqNum-1]]
+				vu, next = find(part.pairs, part.sd.uids[msg.SeqNum-1], next)
 			}
 			seq := v.seqOf(vu)
 			if seq == 0 {
@@ -511,12 +744,12 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 			return v.s.check(err)
 		}
 	}
-	if len(oldU) > 0 && !v.readOnly && setsSeen(options) {
+	if len(oldP) > 0 && !v.readOnly && setsSeen(options) {
 		// A non-PEEK body fetch sets \Seen; old is never written, so the
 		// messages read from old are copied and flagged in new.
-		vs := make([]store.UID, 0, len(oldU))
-		for _, u := range oldU {
-			vs = append(vs, u)
+		vs := make([]store.UID, 0, len(oldP))
+		for _, p := range oldP {
+			vs = append(vs, p.v)
 		}
 		byV, err := v.ensureCopied(context.Background(), vs)
 		if err != nil {
@@ -529,14 +762,14 @@ func (v *vmail) fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *im
 		if err := v.new.c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
 			return v.s.check(err)
 		}
-	} else if len(oldU) > 0 && len(oldU) <= copyOnReadMax && readsWholeMessage(options) && v.s.srv.opts.Copier != nil {
+	} else if len(oldP) > 0 && len(oldP) <= copyOnReadMax && readsWholeMessage(options) && v.s.srv.opts.Copier != nil {
 		// Copy-on-read: the member opened messages that are still only in
 		// old; they were streamed from old at once, and are copied now,
 		// ahead of the back-fill. A bulk read (a client's first sync) is
 		// left to the back-fill rather than doubling its time.
-		vs := make([]store.UID, 0, len(oldU))
-		for _, u := range oldU {
-			vs = append(vs, u)
+		vs := make([]store.UID, 0, len(oldP))
+		for _, p := range oldP {
+			vs = append(vs, p.v)
 		}
 		if _, err := v.ensureCopied(context.Background(), vs); err != nil {
 			v.s.log.Warn("copy-on-read failed; the back-fill will retry", "mailbox", v.mailbox, "err", err)
@@ -1023,7 +1256,7 @@ func (s *imapSession) statusVirtual(mailbox string, options *imap.StatusOptions)
 // withExamined runs f with v's mailbox EXAMINEd on both sides, then puts
 // back the session's selected mailbox, if any.
 func (s *imapSession) withExamined(v *vmail, f func() error) error {
-	s.oldExamined = ""
+	s.oldExamined, s.vc.old, s.vc.exam = "", nil, nil
 	for _, sd := range []*vside{v.old, v.new} {
 		if sd == nil {
 			continue
@@ -1039,8 +1272,12 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 				continue
 			}
 			ro := sd == cur.old || cur.readOnly
-			if _, rerr := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: ro}).Wait(); rerr != nil && err == nil {
+			data, rerr := sd.c.Select(sd.mailbox, &imap.SelectOptions{ReadOnly: ro}).Wait()
+			if rerr != nil && err == nil {
 				err = s.check(rerr)
+			}
+			if rerr == nil && sd == cur.old {
+				s.examined(sd.c, sd.mailbox, data)
 			}
 		}
 	} else {
@@ -1051,6 +1288,18 @@ func (s *imapSession) withExamined(v *vmail, f func() error) error {
 		}
 	}
 	return err
+}
+
+// needRoles pairs the special-use folders (mapRoles) the first time a
+// name other than INBOX, which has no role, needs them. Not at login: a
+// LIST of the folders makes Dovecot's every later SELECT or EXAMINE in the
+// session cost tens of milliseconds on a 50,000-message mailbox (measured:
+// 0.7 ms without, 40-50 ms after any LIST "" "*"), and a phone that
+// reconnects to SELECT INBOX and IDLE never needs the roles.
+func (s *imapSession) needRoles(mailbox string) {
+	if s.roleNew == nil && !strings.EqualFold(mailbox, "INBOX") {
+		s.mapRoles(context.Background())
+	}
 }
 
 // specialUse are the roles mapped between providers (RFC 6154).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -37,22 +38,26 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 	if route.State == config.StateOld {
 		// After a rollback: old is the only side, and writable, but its
 		// mailboxes keep the virtual UIDs of the map (invariant 1).
-		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, s.clientOptions("new"))
+		opts, changes := s.clientOptions("new")
+		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, opts)
 		if err != nil {
 			return err
 		}
 		s.newUp, s.wIsOld = up, true
+		s.vc.newChanges = changes
 		s.newDelim = delimOf(up)
 		s.oldDelim = s.newDelim
 		s.state, s.route = route.State, route
 		return nil
 	}
 	if route.State == config.StateMigrating {
-		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, s.clientOptions("old"))
+		opts, changes := s.clientOptions("old")
+		up, err := route.Old.LoginUser(ctx, username, password, s.srv.opts.Secrets, opts)
 		if err != nil {
 			return err
 		}
 		s.oldUp = up
+		s.vc.oldChanges = changes
 		s.oldDelim = delimOf(up)
 		if route.Old.Config().Auth == config.AuthPassthrough {
 			s.srv.auth.pin(ctx, username, password)
@@ -65,7 +70,8 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 			return err
 		}
 	}
-	up, err := route.New.LoginUser(ctx, username, password, s.srv.opts.Secrets, s.clientOptions("new"))
+	opts, changes := s.clientOptions("new")
+	up, err := route.New.LoginUser(ctx, username, password, s.srv.opts.Secrets, opts)
 	if err != nil {
 		if s.oldUp != nil {
 			s.oldUp.Logout()
@@ -74,24 +80,28 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 		return err
 	}
 	s.newUp = up
+	s.vc.newChanges = changes
 	s.newDelim = delimOf(up)
 	if s.oldDelim == 0 {
 		s.oldDelim = s.newDelim
 	}
 	s.state = route.State
 	s.route = route
-	s.mapRoles(ctx)
+	s.roleNew, s.roleOld = nil, nil // paired when first needed (needRoles)
 	return nil
 }
 
 // clientOptions are the upstream client options of one side in virtual
 // mode: any change upstream marks the view dirty; flag changes are
-// relayed by side UID at the next flush.
-func (s *imapSession) clientOptions(side string) *imapclient.Options {
+// relayed by side UID at the next flush. The counter returned counts the
+// EXISTS and EXPUNGE responses the connection receives (see vcache).
+func (s *imapSession) clientOptions(side string) (*imapclient.Options, *atomic.Uint64) {
 	s.mu.Lock()
 	gen := s.gen
 	s.mu.Unlock()
+	changes := new(atomic.Uint64)
 	mark := func() {
+		changes.Add(1)
 		s.mu.Lock()
 		if s.gen == gen && !s.closed {
 			s.queue = append(s.queue, update{kind: updResync})
@@ -127,7 +137,7 @@ func (s *imapSession) clientOptions(side string) *imapclient.Options {
 				}
 			},
 		},
-	}
+	}, changes
 }
 
 // checkOld and checkNew report an upstream failure; a broken connection
@@ -197,7 +207,8 @@ func (s *imapSession) applyFlip() {
 	case from == config.StateOld && to == config.StateMigrating:
 		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 		defer cancel()
-		up, err := route.New.LoginUser(ctx, route.User, s.password, s.srv.opts.Secrets, s.clientOptions("new"))
+		opts, changes := s.clientOptions("new")
+		up, err := route.New.LoginUser(ctx, route.User, s.password, s.srv.opts.Secrets, opts)
 		if err != nil {
 			log.Warn("flip: new provider login failed, staying on old", "err", err)
 			return
@@ -208,17 +219,22 @@ func (s *imapSession) applyFlip() {
 		s.queue = nil
 		s.mu.Unlock()
 		oldConn := s.up
+		// The pure-proxy handler of a connection opened in state old does
+		// not count changes: no cached UID list for it.
+		var oldChanges *atomic.Uint64
 		if s.wIsOld {
 			// Served through the map after a rollback: the same old
 			// connection becomes the read-only side again.
 			oldConn, s.wIsOld, s.oldExamined = s.newUp, false, ""
+			oldChanges = s.vc.newChanges
 		}
 		s.oldUp, s.up, s.newUp = oldConn, nil, up
+		s.vc = vcache{oldChanges: oldChanges, newChanges: changes}
 		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
 		s.route, s.state = route, to
 		s.mt.SetState(to)
 		s.log = s.routeLog(route)
-		s.mapRoles(ctx)
+		s.roleNew, s.roleOld = nil, nil // paired when first needed (needRoles)
 		if s.selected != "" {
 			prev := s.selData.NumMessages
 			if _, err := s.selectVirtual(s.selected, s.readOnly); err != nil {
@@ -242,6 +258,7 @@ func (s *imapSession) applyFlip() {
 			s.oldUp.Logout()
 			s.oldUp = nil
 		}
+		s.oldExamined, s.vc = "", vcache{newChanges: s.vc.newChanges}
 		if s.vm != nil {
 			s.vm.old = nil
 			s.queueUpdate(update{kind: updResync})
@@ -281,12 +298,14 @@ func (s *imapSession) vSelect(mailbox string, options *imap.SelectOptions) (*ima
 	return data, nil
 }
 
+// vUnselect closes the virtual mailbox. Old's stays EXAMINEd: it is only
+// ever read, and Dovecot takes tens of milliseconds to open a large mailbox
+// again, which a client that re-SELECTs it (imapserver UNSELECTs first)
+// would pay every time. Old's changes meanwhile are counted (vcache) and
+// reach no client while no mailbox is selected (vflush needs s.vm).
 func (s *imapSession) vUnselect() error {
-	s.oldExamined = ""
-	for _, c := range []*backend.IMAPConn{s.oldUp, s.newUp} {
-		if c != nil {
-			c.Unselect().Wait()
-		}
+	if s.newUp != nil {
+		s.newUp.Unselect().Wait()
 	}
 	s.vm, s.selected = nil, ""
 	return nil

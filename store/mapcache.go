@@ -27,6 +27,74 @@ type MapEntry struct {
 	// M is nil when the mailbox has no map yet (it has never left state
 	// old): the caller creates it with NewMap and Saves.
 	M *Map
+	// Old is the old provider's UID list of the mailbox as a session
+	// found it right after EXAMINE, or nil: another session whose own
+	// EXAMINE reports the same UIDVALIDITY, UIDNEXT and EXISTS may use it
+	// instead of searching (see OldList). In memory only.
+	Old *OldList
+}
+
+// OldList is the old provider's UID list of one mailbox under the
+// UIDVALIDITY, UIDNEXT and EXISTS that EXAMINE reported with it, and the
+// name of that provider (Source: the map outlives a migration, and the
+// next one has another old provider). Equal values at a later EXAMINE of
+// the same provider mean an equal list: a message added gets a UID
+// at or above UIDNEXT, which then grows, and with nothing added an equal
+// count means nothing was expunged. It holds the UIDs as ranges, so a
+// mailbox whose messages were seldom expunged costs a few bytes.
+type OldList struct {
+	Source                       string
+	UIDValidity, UIDNext, Exists uint32
+	ranges                       []Range
+}
+
+// oldListMaxRanges bounds an OldList's memory (8 bytes a range): a list
+// more fragmented than that is not kept.
+const oldListMaxRanges = 4096
+
+// NewOldList returns the list of uids (ascending, distinct) of provider
+// source under the status EXAMINE reported, or nil when it cannot serve: no UIDNEXT, a
+// count that disagrees with EXISTS, unsorted UIDs, UIDs at or above
+// UIDNEXT, or more than oldListMaxRanges ranges.
+func NewOldList(source string, uidValidity, uidNext, exists uint32, uids []UID) *OldList {
+	if uidNext == 0 || len(uids) != int(exists) {
+		return nil
+	}
+	l := &OldList{Source: source, UIDValidity: uidValidity, UIDNext: uidNext, Exists: exists}
+	for i, u := range uids {
+		if u == 0 || u >= uidNext || (i > 0 && u <= uids[i-1]) {
+			return nil
+		}
+		if n := len(l.ranges); n > 0 && l.ranges[n-1].Hi+1 == u {
+			l.ranges[n-1].Hi = u
+			continue
+		}
+		if len(l.ranges) == oldListMaxRanges {
+			return nil
+		}
+		l.ranges = append(l.ranges, Range{Lo: u, Hi: u})
+	}
+	return l
+}
+
+// Matches reports whether l was taken at provider source under the given
+// EXAMINE status.
+func (l *OldList) Matches(source string, uidValidity, uidNext, exists uint32) bool {
+	return l != nil && uidNext != 0 && l.Source == source && l.UIDValidity == uidValidity && l.UIDNext == uidNext && l.Exists == exists
+}
+
+// UIDs returns the list, ascending, in a new slice.
+func (l *OldList) UIDs() []UID {
+	out := make([]UID, 0, l.Exists)
+	for _, r := range l.ranges {
+		for u := r.Lo; ; u++ {
+			out = append(out, u)
+			if u == r.Hi {
+				break
+			}
+		}
+	}
+	return out
 }
 
 // NewMapCache caches up to size maps (one per user and mailbox in use).
