@@ -51,12 +51,6 @@ func flagError(err error) error {
 	return errUsage
 }
 
-func notYet(name string, issue int) func([]string, io.Writer, io.Writer) error {
-	return func([]string, io.Writer, io.Writer) error {
-		return fmt.Errorf("pecgate %s is not available in this version yet (planned with the migration features, issue %d)", name, issue)
-	}
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
