@@ -684,7 +684,7 @@ func phaseText(rt *store.Route, p *UserProgress) (text, bool) {
 		return text{"Tutta la sua posta è stata copiata presso il nuovo gestore. Non deve fare nulla.",
 			"All your mail has been copied to the new provider. You need do nothing."}, true
 	case PhaseIncomplete:
-		return text{"La copia si è fermata con alcuni messaggi ancora da copiare (vedi sotto). Riprova da sola.",
+		return text{"La copia si è fermata con alcuni messaggi ancora da copiare (vedi sotto). La copia riprova da sola.",
 			"The copy stopped with some messages still to copy (see below). It retries by itself."}, true
 	case PhaseQuota:
 		return text{"La copia è ferma: la nuova casella non ha spazio sufficiente. L'assistenza del suo Ordine deve aumentarlo.",

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -30,54 +28,10 @@ const updateDocsEnv = "PECGATE_UPDATE_DOCS"
 // both pages are saved as test artifacts.
 func TestDemoBrowser(t *testing.T) {
 	chromium := requireChromium(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	pr, pw := io.Pipe()
-	stderr := &demoStderr{}
-	done := make(chan error, 1)
-	go func() {
-		// 20 messages a second: the page is caught mid-copy.
-		err := runDemoContext(ctx, []string{"-random-ports", "-copy-rate", "20", "-log-format", "json"}, pw, stderr)
-		pw.Close()
-		done <- err
-	}()
-	var text strings.Builder
-	var cfgFile, token string
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		line := sc.Text()
-		text.WriteString(line + "\n")
-		if m := demoRouteRE.FindStringSubmatch(line); m != nil {
-			cfgFile = m[1]
-		}
-		if m := demoTokenRE.FindStringSubmatch(line); m != nil {
-			token = m[1]
-		}
-		if strings.HasPrefix(line, "normal password;") {
-			break
-		}
-	}
-	go io.Copy(io.Discard, pr)
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("demo: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("demo output:\n%s\ndemo logs:\n%s", text.String(), stderr.String())
-		}
-	}()
-	if cfgFile == "" || token == "" {
-		t.Fatalf("the story lacks the config file or the token:\n%s", text.String())
-	}
-	cfg, err := config.Load(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := admin.NewClient(config.Addr(cfg.Server.Admin), token)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// 20 messages a second: the page is caught mid-copy.
+	d0 := startDemoRun(t, "-copy-rate", "20")
+	ctx, cfgFile, token, cfg, client := d0.ctx, d0.cfgFile, d0.token, d0.cfg, d0.client
+	var err error
 	if code := run([]string{"route", "-config", cfgFile, "-y", demo.Domain, "migrating"}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("route migrating: exit %d", code)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -32,40 +33,48 @@ var (
 // its hint, the one who never logged in waits, `pecgate route DOMAIN new`
 // is refused saying why; a member flipped alone to new reads the same
 // UIDs and bytes as before the move.
-func TestDemoStory(t *testing.T) {
+// demoRun is a `pecgate demo` running for a test, with what its story
+// printed: the configuration file and the admin token.
+type demoRun struct {
+	ctx     context.Context
+	cfgFile string
+	token   string
+	cfg     *config.Config
+	client  *admin.Client
+}
+
+// startDemoRun runs `pecgate demo -random-ports -log-format json` with
+// more flags, reads its report up to the last line and stops it when the
+// test ends (printing the report and the logs if the test failed).
+func startDemoRun(t *testing.T, flags ...string) *demoRun {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	pr, pw := io.Pipe()
 	stderr := &demoStderr{}
 	done := make(chan error, 1)
 	go func() {
-		err := runDemoContext(ctx, []string{"-random-ports", "-copy-rate", "0", "-log-format", "json"}, pw, stderr)
+		err := runDemoContext(ctx, append([]string{"-random-ports", "-log-format", "json"}, flags...), pw, stderr)
 		pw.Close()
 		done <- err
 	}()
-	// Read the report up to its last line, keeping the story's values.
 	var text strings.Builder
-	var cfgFile, token string
-	addrs := map[string]string{}
+	d := &demoRun{ctx: ctx}
 	sc := bufio.NewScanner(pr)
 	for sc.Scan() {
 		line := sc.Text()
 		text.WriteString(line + "\n")
 		if m := demoRouteRE.FindStringSubmatch(line); m != nil {
-			cfgFile = m[1]
+			d.cfgFile = m[1]
 		}
 		if m := demoTokenRE.FindStringSubmatch(line); m != nil {
-			token = m[1]
-		}
-		if m := demoListenerRE.FindStringSubmatch(line); m != nil {
-			addrs[m[1]] = m[2]
+			d.token = m[1]
 		}
 		if strings.HasPrefix(line, "normal password;") {
 			break
 		}
 	}
 	go io.Copy(io.Discard, pr)
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("demo: %v", err)
@@ -73,24 +82,26 @@ func TestDemoStory(t *testing.T) {
 		if t.Failed() {
 			t.Logf("demo output:\n%s\ndemo logs:\n%s", text.String(), stderr.String())
 		}
-	}()
-	if cfgFile == "" || token == "" {
+	})
+	if d.cfgFile == "" || d.token == "" {
 		t.Fatalf("the story lacks the config file or the token:\n%s", text.String())
 	}
-	cfg, err := config.Load(cfgFile)
-	if err != nil {
+	var err error
+	if d.cfg, err = config.Load(d.cfgFile); err != nil {
 		t.Fatalf("the printed config: %v", err)
 	}
-	client, err := admin.NewClient(config.Addr(cfg.Server.Admin), token)
-	if err != nil {
+	if d.client, err = admin.NewClient(config.Addr(d.cfg.Server.Admin), d.token); err != nil {
 		t.Fatal(err)
 	}
+	return d
+}
+
+func TestDemoStory(t *testing.T) {
+	d0 := startDemoRun(t, "-copy-rate", "0")
+	ctx, cfgFile, cfg, client := d0.ctx, d0.cfgFile, d0.cfg, d0.client
 
 	// What giulia reads through the gateway in state old.
-	certPEM, err := os.ReadFile(cfg.TLS.Cert)
-	if err != nil {
-		certPEM, err = os.ReadFile(strings.TrimSuffix(cfgFile, "pecgate.toml") + demo.GatewayCertFile)
-	}
+	certPEM, err := os.ReadFile(filepath.Join(filepath.Dir(cfgFile), demo.GatewayCertFile))
 	if err != nil {
 		t.Fatal(err)
 	}
