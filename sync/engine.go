@@ -1262,7 +1262,7 @@ func (p *pass) newUsage() (int64, error) {
 	statusSize := p.newC.Caps().Has(imap.CapStatusSize)
 	var used int64
 	for _, l := range list {
-		if hasAttr(l, imap.MailboxAttrNoSelect) || hasAttr(l, imap.MailboxAttrNonExistent) {
+		if backend.HasAttr(l, imap.MailboxAttrNoSelect) || backend.HasAttr(l, imap.MailboxAttrNonExistent) {
 			continue
 		}
 		if statusSize {

@@ -33,11 +33,6 @@ import (
 	"github.com/pecgate/pecgate/store"
 )
 
-// specialUse are the roles mapped between providers (RFC 6154), in the
-// proxy's order.
-var specialUse = []imap.MailboxAttr{imap.MailboxAttrSent, imap.MailboxAttrDrafts, imap.MailboxAttrTrash,
-	imap.MailboxAttrJunk, imap.MailboxAttrArchive}
-
 // folder is one old folder a pass copies.
 type folder struct {
 	Old, New   string
@@ -65,10 +60,6 @@ type oldMsg struct {
 	fp     *store.FolderProgress // its folder's counts in the pass's progress; nil: none kept
 }
 
-func hasAttr(l *imap.ListData, a imap.MailboxAttr) bool {
-	return slices.ContainsFunc(l.Attrs, func(b imap.MailboxAttr) bool { return strings.EqualFold(string(a), string(b)) })
-}
-
 // listAll lists every mailbox of c with its special-use role and
 // subscription where the server can say them (LIST-EXTENDED, RFC 5258;
 // SPECIAL-USE, RFC 6154).
@@ -79,41 +70,6 @@ func listAll(c *backend.IMAPConn) ([]*imap.ListData, error) {
 		opts = &imap.ListOptions{ReturnSubscribed: true, ReturnSpecialUse: caps.Has(imap.CapSpecialUse) || caps.Has(imap.CapIMAP4rev2)}
 	}
 	return c.List("", "*", opts).Collect()
-}
-
-// delimOf is the hierarchy delimiter of c, as the proxy determines it
-// (LIST "" "", '/' when the server names none).
-func delimOf(c *backend.IMAPConn) rune {
-	l, err := c.List("", "", nil).Collect()
-	if err != nil || len(l) == 0 || l[0].Delim == 0 {
-		return '/'
-	}
-	return l[0].Delim
-}
-
-// roles returns the first mailbox carrying each special-use role.
-func roles(list []*imap.ListData) map[imap.MailboxAttr]string {
-	out := map[imap.MailboxAttr]string{}
-	for _, l := range list {
-		for _, a := range specialUse {
-			if _, dup := out[a]; !dup && hasAttr(l, a) {
-				out[a] = l.Mailbox
-			}
-		}
-	}
-	return out
-}
-
-func convertName(name string, oldDelim, newDelim rune) string {
-	if oldDelim == 0 || newDelim == 0 || oldDelim == newDelim || strings.EqualFold(name, "INBOX") {
-		return name
-	}
-	return strings.ReplaceAll(name, string(oldDelim), string(newDelim))
-}
-
-func isAlreadyExists(err error) bool {
-	var e *imap.Error
-	return errors.As(err, &e) && (e.Code == imap.ResponseCodeAlreadyExists || strings.Contains(strings.ToLower(e.Text), "already exists"))
 }
 
 func isNonExistent(err error) bool {
@@ -134,7 +90,7 @@ func (p *pass) planFolders() error {
 	if err != nil {
 		return fmt.Errorf("list folders on new: %w", err)
 	}
-	oldDelim, newDelim := delimOf(p.oldC), delimOf(p.newC)
+	oldDelim, newDelim := p.oldC.Delim(), p.newC.Delim()
 
 	var fm *store.FolderMap
 	err = p.e.st.View(p.ctx, func(tx store.Tx) error {
@@ -164,9 +120,9 @@ func (p *pass) planFolders() error {
 			roleNew[r.Old] = r.New
 		}
 	}
-	oldRoles, newRoles := roles(oldList), roles(newList)
+	oldRoles, newRoles := backend.Roles(oldList), backend.Roles(newList)
 	var pairs []store.Folder
-	for _, a := range specialUse {
+	for _, a := range backend.SpecialUse {
 		o, n := oldRoles[a], newRoles[a]
 		if o == "" || n == "" || deleted(o) {
 			continue
@@ -180,18 +136,18 @@ func (p *pass) planFolders() error {
 
 	exists := map[string]bool{}
 	for _, l := range newList {
-		if !hasAttr(l, imap.MailboxAttrNoSelect) && !hasAttr(l, imap.MailboxAttrNonExistent) {
+		if !backend.HasAttr(l, imap.MailboxAttrNoSelect) && !backend.HasAttr(l, imap.MailboxAttrNonExistent) {
 			exists[store.CanonicalMailbox(l.Mailbox)] = true
 		}
 	}
 	var folders []*folder
 	for _, l := range oldList {
-		if hasAttr(l, imap.MailboxAttrNoSelect) || hasAttr(l, imap.MailboxAttrNonExistent) || deleted(l.Mailbox) {
+		if backend.HasAttr(l, imap.MailboxAttrNoSelect) || backend.HasAttr(l, imap.MailboxAttrNonExistent) || deleted(l.Mailbox) {
 			continue
 		}
-		f := &folder{Old: l.Mailbox, subscribed: hasAttr(l, imap.MailboxAttrSubscribed)}
-		for _, a := range specialUse {
-			if hasAttr(l, a) {
+		f := &folder{Old: l.Mailbox, subscribed: backend.HasAttr(l, imap.MailboxAttrSubscribed)}
+		for _, a := range backend.SpecialUse {
+			if backend.HasAttr(l, a) {
 				f.Role = a
 				break
 			}
@@ -199,7 +155,7 @@ func (p *pass) planFolders() error {
 		if n, ok := roleNew[f.Old]; ok {
 			f.New = n
 		} else {
-			f.New = convertName(f.Old, oldDelim, newDelim)
+			f.New = backend.ConvertName(f.Old, oldDelim, newDelim)
 		}
 		folders = append(folders, f)
 	}
@@ -224,14 +180,14 @@ func (p *pass) planFolders() error {
 			opts = &imap.CreateOptions{SpecialUse: []imap.MailboxAttr{f.Role}}
 		}
 		err := p.newC.Create(f.New, opts).Wait()
-		if err != nil && opts != nil && !isAlreadyExists(err) && !closed(p.newC) {
+		if err != nil && opts != nil && !backend.IsAlreadyExists(err) && !closed(p.newC) {
 			err = p.newC.Create(f.New, nil).Wait()
 		}
 		switch {
 		case err == nil:
 			f.created = true
 			exists[store.CanonicalMailbox(f.New)] = true
-		case isAlreadyExists(err):
+		case backend.IsAlreadyExists(err):
 		case closed(p.newC):
 			return fmt.Errorf("create %q on new: %w", f.New, err)
 		default:

@@ -526,12 +526,8 @@ func sizeLimit(p *backend.Provider, c *backend.IMAPConn) int64 {
 	return max(limit, 0)
 }
 
-func hasAttr(l *imap.ListData, a imap.MailboxAttr) bool {
-	return slices.ContainsFunc(l.Attrs, func(b imap.MailboxAttr) bool { return strings.EqualFold(string(a), string(b)) })
-}
-
 func selectable(l *imap.ListData) bool {
-	return !hasAttr(l, imap.MailboxAttrNoSelect) && !hasAttr(l, imap.MailboxAttrNonExistent)
+	return !backend.HasAttr(l, imap.MailboxAttrNoSelect) && !backend.HasAttr(l, imap.MailboxAttrNonExistent)
 }
 
 // listAll lists every mailbox with its special-use role where the server
@@ -705,43 +701,6 @@ func (c *checker) checkQuota(m *Member, newC *backend.IMAPConn) {
 	}
 }
 
-// specialUse are the roles the back-fill pairs between providers.
-var specialUse = []imap.MailboxAttr{imap.MailboxAttrSent, imap.MailboxAttrDrafts, imap.MailboxAttrTrash,
-	imap.MailboxAttrJunk, imap.MailboxAttrArchive}
-
-func roles(list []*imap.ListData) map[imap.MailboxAttr]string {
-	out := map[imap.MailboxAttr]string{}
-	for _, l := range list {
-		for _, a := range specialUse {
-			if _, dup := out[a]; !dup && hasAttr(l, a) {
-				out[a] = l.Mailbox
-			}
-		}
-	}
-	return out
-}
-
-// delimOf is the hierarchy delimiter of c, as the back-fill determines it.
-func delimOf(c *backend.IMAPConn) rune {
-	l, err := c.List("", "", nil).Collect()
-	if err != nil || len(l) == 0 || l[0].Delim == 0 {
-		return '/'
-	}
-	return l[0].Delim
-}
-
-func convertName(name string, oldDelim, newDelim rune) string {
-	if oldDelim == 0 || newDelim == 0 || oldDelim == newDelim || strings.EqualFold(name, "INBOX") {
-		return name
-	}
-	return strings.ReplaceAll(name, string(oldDelim), string(newDelim))
-}
-
-func isAlreadyExists(err error) bool {
-	var e *imap.Error
-	return errors.As(err, &e) && (e.Code == imap.ResponseCodeAlreadyExists || strings.Contains(strings.ToLower(e.Text), "already exists"))
-}
-
 // checkFolders maps old's folders to new as the back-fill does and
 // creates on new those it lacks (see the package doc).
 func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backend.IMAPConn, oldList []*imap.ListData) {
@@ -770,7 +729,7 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 		m.add(c.failure(SideNew, c.newP, "list folders", err))
 		return
 	}
-	oldDelim, newDelim := delimOf(oldC), delimOf(newC)
+	oldDelim, newDelim := oldC.Delim(), newC.Delim()
 	records := map[string]store.Folder{}
 	roleNew := map[string]string{}
 	for _, f := range fm.Folders {
@@ -783,8 +742,8 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 		r, ok := records[name]
 		return ok && r.New == "" && !r.Created
 	}
-	oldRoles, newRoles := roles(oldList), roles(newList)
-	for _, a := range specialUse {
+	oldRoles, newRoles := backend.Roles(oldList), backend.Roles(newList)
+	for _, a := range backend.SpecialUse {
 		o, n := oldRoles[a], newRoles[a]
 		if o == "" || n == "" || deleted(o) {
 			continue
@@ -805,15 +764,15 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 			continue
 		}
 		var role imap.MailboxAttr
-		for _, a := range specialUse {
-			if hasAttr(l, a) {
+		for _, a := range backend.SpecialUse {
+			if backend.HasAttr(l, a) {
 				role = a
 				break
 			}
 		}
 		name, ok := roleNew[l.Mailbox]
 		if !ok {
-			name = convertName(l.Mailbox, oldDelim, newDelim)
+			name = backend.ConvertName(l.Mailbox, oldDelim, newDelim)
 		}
 		if exists[store.CanonicalMailbox(name)] {
 			continue
@@ -823,7 +782,7 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 			opts = &imap.CreateOptions{SpecialUse: []imap.MailboxAttr{role}}
 		}
 		err := newC.Create(name, opts).Wait()
-		if err != nil && opts != nil && !isAlreadyExists(err) {
+		if err != nil && opts != nil && !backend.IsAlreadyExists(err) {
 			err = newC.Create(name, nil).Wait()
 		}
 		var ie *imap.Error
@@ -831,7 +790,7 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 		case err == nil:
 			m.FoldersCreated = append(m.FoldersCreated, name)
 			exists[store.CanonicalMailbox(name)] = true
-		case isAlreadyExists(err):
+		case backend.IsAlreadyExists(err):
 		case errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo:
 			fr := FolderRefusal{Folder: l.Mailbox, NewFolder: name, Reason: ie.Text}
 			if ie.Code != "" {

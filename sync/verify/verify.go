@@ -447,10 +447,6 @@ func (l *folderList) has(name string) bool {
 	return slices.ContainsFunc(l.folders, func(f listed) bool { return f.selectable && sameMailbox(f.name, name) })
 }
 
-// specialUse are the roles paired between providers, as the gateway does.
-var specialUse = []imap.MailboxAttr{imap.MailboxAttrSent, imap.MailboxAttrDrafts, imap.MailboxAttrTrash,
-	imap.MailboxAttrJunk, imap.MailboxAttrArchive}
-
 // listFolders lists every folder, with special-use roles when offered.
 func listFolders(c *backend.IMAPConn) (*folderList, error) {
 	var opts *imap.ListOptions
@@ -474,7 +470,7 @@ func listFolders(c *backend.IMAPConn) (*folderList, error) {
 			switch {
 			case a == imap.MailboxAttrNoSelect || a == imap.MailboxAttrNonExistent:
 				f.selectable = false
-			case slices.Contains(specialUse, a) && f.role == "":
+			case slices.Contains(backend.SpecialUse, a) && f.role == "":
 				f.role = a
 			}
 		}
@@ -515,7 +511,7 @@ func newFolderNames(fm *store.FolderMap, oldList, newList *folderList) *folderNa
 		return out
 	}
 	or, nr := roles(oldList), roles(newList)
-	for _, a := range specialUse {
+	for _, a := range backend.SpecialUse {
 		if o, nw := or[a], nr[a]; o != "" && nw != "" {
 			n.roleNew[o], n.roleOld[nw] = nw, o
 		}
