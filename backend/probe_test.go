@@ -90,7 +90,7 @@ func TestDiagnoseLogin(t *testing.T) {
 			RefusalNoCredential, "", "no vault credentials", []string{"pecgate vault import"}},
 		{"BAD to LOGIN", aruba,
 			aruba.loginError(&imap.Error{Type: imap.StatusResponseTypeBad, Text: "LOGIN disabled"}),
-			RefusalDisabled, "", "", []string{"IMAP access is not enabled"}},
+			RefusalDisabled, "", "login: backend: provider unavailable: imap: BAD LOGIN disabled", []string{"IMAP access is not enabled"}},
 		{"dial failure", aruba,
 			&Error{Provider: "aruba", Op: "dial", Err: fmt.Errorf("%w: connection refused", ErrUnavailable)},
 			RefusalUnavailable, "", "dial: backend: provider unavailable: connection refused", []string{"could not be reached"}},
@@ -100,7 +100,7 @@ func TestDiagnoseLogin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			lp := tc.p.DiagnoseLogin(tc.err)
-			if lp.Refusal != tc.want || lp.Code != tc.code || (tc.text != "" && lp.Text != tc.text) || lp.Provider != tc.p.Name {
+			if lp.Refusal != tc.want || lp.Code != tc.code || lp.Text != tc.text || lp.Provider != tc.p.Name {
 				t.Errorf("DiagnoseLogin(%v) = %+v; want refusal %q, code %q, text %q", tc.err, lp, tc.want, tc.code, tc.text)
 			}
 			for _, w := range tc.adviceWants {
