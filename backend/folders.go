@@ -56,3 +56,16 @@ func IsAlreadyExists(err error) bool {
 	var e *imap.Error
 	return errors.As(err, &e) && (e.Code == imap.ResponseCodeAlreadyExists || strings.Contains(strings.ToLower(e.Text), "already exists"))
 }
+
+// SizeLimit is the largest message p takes: max_message_size, lowered by
+// c's APPENDLIMIT; 0 when neither says one. c may be nil (no connection).
+func (p *Provider) SizeLimit(c *IMAPConn) int64 {
+	limit := p.cfg.MaxMessageSize
+	if c == nil {
+		return max(limit, 0)
+	}
+	if lim, ok := c.Caps().AppendLimit(); ok && lim != nil && *lim > 0 && (limit <= 0 || int64(*lim) < limit) {
+		limit = int64(*lim)
+	}
+	return max(limit, 0)
+}

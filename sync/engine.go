@@ -1007,10 +1007,7 @@ func (p *pass) login() error {
 	if p.newC, err = p.dial(p.newP); err != nil {
 		return err
 	}
-	p.maxSize = p.newP.Config().MaxMessageSize
-	if lim, ok := p.newC.Caps().AppendLimit(); ok && lim != nil && *lim > 0 && (p.maxSize <= 0 || int64(*lim) < p.maxSize) {
-		p.maxSize = int64(*lim)
-	}
+	p.maxSize = p.newP.SizeLimit(p.newC)
 	return nil
 }
 

@@ -485,7 +485,7 @@ func (c *checker) member(ctx context.Context, m *Member) {
 	})
 	defer stop()
 
-	m.SizeLimit = sizeLimit(c.newP, newC)
+	m.SizeLimit = c.newP.SizeLimit(newC)
 	var oldList []*imap.ListData
 	if oldC != nil {
 		var err error
@@ -510,20 +510,6 @@ func (c *checker) failure(side string, p *backend.Provider, what string, err err
 	return Problem{Side: side, Provider: p.Name, Kind: KindError, Blocks: true,
 		Message: fmt.Sprintf("%s on %s (%s): %v", what, p.Name, side, err),
 		Advice:  "check the provider's status and run preflight again"}
-}
-
-// sizeLimit is new's message size limit: max_message_size, lowered by
-// APPENDLIMIT, as the back-fill uses it (sync/engine.go). c may be nil
-// (the login to new failed).
-func sizeLimit(p *backend.Provider, c *backend.IMAPConn) int64 {
-	limit := p.Config().MaxMessageSize
-	if c == nil {
-		return max(limit, 0)
-	}
-	if lim, ok := c.Caps().AppendLimit(); ok && lim != nil && *lim > 0 && (limit <= 0 || int64(*lim) < limit) {
-		limit = int64(*lim)
-	}
-	return max(limit, 0)
 }
 
 func selectable(l *imap.ListData) bool {
