@@ -18,6 +18,12 @@ func HasAttr(l *imap.ListData, a imap.MailboxAttr) bool {
 	return slices.ContainsFunc(l.Attrs, func(b imap.MailboxAttr) bool { return strings.EqualFold(string(a), string(b)) })
 }
 
+// Selectable reports whether l names a mailbox that can be selected (not
+// \Noselect, not \NonExistent).
+func Selectable(l *imap.ListData) bool {
+	return !HasAttr(l, imap.MailboxAttrNoSelect) && !HasAttr(l, imap.MailboxAttrNonExistent)
+}
+
 // Roles returns the first mailbox of list carrying each special-use role.
 func Roles(list []*imap.ListData) map[imap.MailboxAttr]string {
 	out := map[imap.MailboxAttr]string{}

@@ -1259,7 +1259,7 @@ func (p *pass) newUsage() (int64, error) {
 	statusSize := p.newC.Caps().Has(imap.CapStatusSize)
 	var used int64
 	for _, l := range list {
-		if backend.HasAttr(l, imap.MailboxAttrNoSelect) || backend.HasAttr(l, imap.MailboxAttrNonExistent) {
+		if !backend.Selectable(l) {
 			continue
 		}
 		if statusSize {

@@ -136,13 +136,13 @@ func (p *pass) planFolders() error {
 
 	exists := map[string]bool{}
 	for _, l := range newList {
-		if !backend.HasAttr(l, imap.MailboxAttrNoSelect) && !backend.HasAttr(l, imap.MailboxAttrNonExistent) {
+		if backend.Selectable(l) {
 			exists[store.CanonicalMailbox(l.Mailbox)] = true
 		}
 	}
 	var folders []*folder
 	for _, l := range oldList {
-		if backend.HasAttr(l, imap.MailboxAttrNoSelect) || backend.HasAttr(l, imap.MailboxAttrNonExistent) || deleted(l.Mailbox) {
+		if !backend.Selectable(l) || deleted(l.Mailbox) {
 			continue
 		}
 		f := &folder{Old: l.Mailbox, subscribed: backend.HasAttr(l, imap.MailboxAttrSubscribed)}

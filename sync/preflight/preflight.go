@@ -512,10 +512,6 @@ func (c *checker) failure(side string, p *backend.Provider, what string, err err
 		Advice:  "check the provider's status and run preflight again"}
 }
 
-func selectable(l *imap.ListData) bool {
-	return !backend.HasAttr(l, imap.MailboxAttrNoSelect) && !backend.HasAttr(l, imap.MailboxAttrNonExistent)
-}
-
 // listAll lists every mailbox with its special-use role where the server
 // says it (as sync/folders.go listAll).
 func listAll(c *backend.IMAPConn) ([]*imap.ListData, error) {
@@ -562,7 +558,7 @@ func folderSize(c *backend.IMAPConn, mailbox string) (msgs uint32, size int64, e
 // the size limit.
 func (c *checker) measureOld(m *Member, oldC *backend.IMAPConn, list []*imap.ListData) {
 	for _, l := range list {
-		if !selectable(l) {
+		if !backend.Selectable(l) {
 			continue
 		}
 		n, size, err := folderSize(oldC, l.Mailbox)
@@ -655,7 +651,7 @@ func (c *checker) checkQuota(m *Member, newC *backend.IMAPConn) {
 		}
 		var used int64
 		for _, l := range list {
-			if !selectable(l) {
+			if !backend.Selectable(l) {
 				continue
 			}
 			_, size, err := folderSize(newC, l.Mailbox)
@@ -740,13 +736,13 @@ func (c *checker) checkFolders(ctx context.Context, m *Member, oldC, newC *backe
 	}
 	exists := map[string]bool{}
 	for _, l := range newList {
-		if selectable(l) {
+		if backend.Selectable(l) {
 			exists[store.CanonicalMailbox(l.Mailbox)] = true
 		}
 	}
 	caps := newC.Caps()
 	for _, l := range oldList {
-		if !selectable(l) || deleted(l.Mailbox) {
+		if !backend.Selectable(l) || deleted(l.Mailbox) {
 			continue
 		}
 		var role imap.MailboxAttr
