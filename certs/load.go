@@ -40,9 +40,8 @@ func loadPair(src, certFile, keyFile string, now time.Time, seen map[string]file
 		}
 		return nil, errors.Join(errs...)
 	}
-	certPEM, certErr := readFile(certFile, seen)
-	keyPEM, keyErr := readFile(keyFile, seen)
-	if certErr != nil || keyErr != nil {
+	// pairErr names the file of each failure, the certificate's first.
+	pairErr := func(certErr, keyErr error) error {
 		var errs []error
 		if certErr != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", certKey, certFile, certErr))
@@ -50,20 +49,18 @@ func loadPair(src, certFile, keyFile string, now time.Time, seen map[string]file
 		if keyErr != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", keyKey, keyFile, keyErr))
 		}
-		return nil, errors.Join(errs...)
+		return errors.Join(errs...)
+	}
+	certPEM, certErr := readFile(certFile, seen)
+	keyPEM, keyErr := readFile(keyFile, seen)
+	if certErr != nil || keyErr != nil {
+		return nil, pairErr(certErr, keyErr)
 	}
 
 	chain, certErr := parseChain(certPEM)
 	key, keyErr := parseKey(keyPEM)
 	if certErr != nil || keyErr != nil {
-		var errs []error
-		if certErr != nil {
-			errs = append(errs, fmt.Errorf("%s %q: %w", certKey, certFile, certErr))
-		}
-		if keyErr != nil {
-			errs = append(errs, fmt.Errorf("%s %q: %w", keyKey, keyFile, keyErr))
-		}
-		return nil, errors.Join(errs...)
+		return nil, pairErr(certErr, keyErr)
 	}
 	leaf := chain[0]
 	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })

@@ -267,10 +267,11 @@ func (p *parser) validateTLS(c *Config) {
 		p.errorf(key("tls", "self_signed"), "cannot be combined with tls.cert and tls.key")
 	}
 	s := &c.Server
+	noCert := t.Cert == "" && t.Key == "" && !t.SelfSigned
 	clients := *s.IMAPS != "" || *s.IMAP != "" || *s.SMTPS != "" || *s.Submission != ""
-	if clients && t.Cert == "" && t.Key == "" && !t.SelfSigned {
+	if noCert && clients {
 		p.errorf(key("tls"), "cert and key are required while a client listener is enabled (or self_signed = true, for development only)")
-	} else if s.Member != "" && t.Cert == "" && t.Key == "" && !t.SelfSigned {
+	} else if noCert && s.Member != "" {
 		p.errorf(key("tls"), "cert and key are required while the member page listener (server.member) is enabled (or self_signed = true, for development only)")
 	}
 	for i, pair := range t.Certs {

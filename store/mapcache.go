@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"strings"
 	gosync "sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -106,11 +105,10 @@ func NewMapCache(st Store, size int) *MapCache {
 	return &MapCache{st: st, cache: c}
 }
 
+// mapKey is the cache's key of (user, mailbox): the store's spelling, as
+// userMailboxKey makes it, unchecked.
 func mapKey(user, mailbox string) string {
-	if strings.EqualFold(mailbox, "INBOX") {
-		mailbox = "INBOX"
-	}
-	return strings.ToLower(user) + "\x00" + mailbox
+	return CanonicalUser(user) + "\x00" + CanonicalMailbox(mailbox)
 }
 
 // Get returns the entry of (user, mailbox), loading it from the store once.

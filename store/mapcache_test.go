@@ -17,6 +17,13 @@ func TestOldList(t *testing.T) {
 	if got := l.UIDs(); !slices.Equal(got, uids) {
 		t.Fatalf("UIDs() = %v, want %v", got, uids)
 	}
+	if len(l.ranges) != 4 {
+		t.Errorf("held as %d ranges %v, want 4 (1-3, 7, 9-11, 50000)", len(l.ranges), l.ranges)
+	}
+	l.UIDs()[0] = 99 // a new slice each time: the caller may change it
+	if got := l.UIDs(); !slices.Equal(got, uids) {
+		t.Fatalf("UIDs() = %v after a caller changed a returned slice, want %v", got, uids)
+	}
 	if !l.Matches("aruba", 777, 50001, 8) {
 		t.Fatal("does not match the status it was taken under")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/pecgate/pecgate/store"
@@ -83,6 +84,9 @@ func TestRouterPreviewDomain(t *testing.T) {
 				if isSentinel(tc.wantErr) && !errors.Is(err, tc.wantErr) {
 					t.Fatalf("preview error %v, want %v", err, tc.wantErr)
 				}
+				if !isSentinel(tc.wantErr) && !strings.Contains(err.Error(), tc.wantErr.Error()) {
+					t.Fatalf("preview error %v, want one that says %q", err, tc.wantErr)
+				}
 				var re *store.RefusedError
 				if errors.As(err, &re) {
 					t.Fatalf("preview error is a refusal (%v); refusals are Preview.Refused", err)
@@ -115,6 +119,10 @@ func TestRouterPreviewDomain(t *testing.T) {
 			default:
 			}
 			if err != nil {
+				// The preview's error is SetDomain's too.
+				if _, serr := r.SetDomain(ctx, domain, tc.state, false); serr == nil || serr.Error() != err.Error() {
+					t.Errorf("SetDomain after the preview's error %v: %v, want the same error", err, serr)
+				}
 				return
 			}
 

@@ -15,10 +15,32 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // ErrNotFound is returned by typed accessors when a key is absent.
 var ErrNotFound = errors.New("store: not found")
+
+// CheckBucket is every backend's check of a bucket name: it must not be
+// empty.
+func CheckBucket(bucket string) error {
+	if bucket == "" {
+		return errors.New("empty bucket name")
+	}
+	return nil
+}
+
+// CheckKey is every backend's check of a bucket and key: neither may be
+// empty.
+func CheckKey(bucket, key string) error {
+	if err := CheckBucket(bucket); err != nil {
+		return err
+	}
+	if key == "" {
+		return fmt.Errorf("empty key in bucket %q", bucket)
+	}
+	return nil
+}
 
 // Store is a transactional key-value store.
 type Store interface {

@@ -1,6 +1,9 @@
 package mutf7
 
-import "testing"
+import (
+	"testing"
+	"unicode/utf8"
+)
 
 func TestRoundTrip(t *testing.T) {
 	for _, tc := range []struct{ plain, enc string }{
@@ -28,10 +31,28 @@ func TestRoundTrip(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add("Pratiche/Citt&AOA-")
 	f.Add("&-")
+	f.Add("日本語 & R&D")
 	f.Fuzz(func(t *testing.T, s string) {
+		// Any input decodes without a panic; an input that decodes and
+		// is encoded again as it came decodes to the same name.
 		d := Decode(s)
 		if Encode(d) == s && Decode(Encode(d)) != d {
 			t.Errorf("round trip of %q broke", s)
+		}
+		// Any name (valid UTF-8) survives Encode then Decode, and is
+		// encoded as printable ASCII.
+		if !utf8.ValidString(s) {
+			return
+		}
+		e := Encode(s)
+		if got := Decode(e); got != s {
+			t.Errorf("Decode(Encode(%q)) = %q (encoded %q)", s, got, e)
+		}
+		for i := 0; i < len(e); i++ {
+			if e[i] < 0x20 || e[i] > 0x7e {
+				t.Errorf("Encode(%q) = %q holds byte %#x", s, e, e[i])
+				break
+			}
 		}
 	})
 }

@@ -158,11 +158,8 @@ func (t *tx) check(bucket, key string) error {
 	if t.btx == nil {
 		return ErrTxClosed
 	}
-	if bucket == "" {
-		return errors.New("store/bolt: empty bucket name")
-	}
-	if key == "" {
-		return fmt.Errorf("store/bolt: empty key in bucket %q", bucket)
+	if err := store.CheckKey(bucket, key); err != nil {
+		return fmt.Errorf("store/bolt: %w", err)
 	}
 	return nil
 }
@@ -224,8 +221,8 @@ func (t *tx) ForEach(bucket, prefix string, fn func(key string, value []byte) er
 	if t.btx == nil {
 		return ErrTxClosed
 	}
-	if bucket == "" {
-		return errors.New("store/bolt: empty bucket name")
+	if err := store.CheckBucket(bucket); err != nil {
+		return fmt.Errorf("store/bolt: %w", err)
 	}
 	seek := []byte(prefix)
 	pfx := []byte(prefix)

@@ -283,11 +283,8 @@ func (t *tx) check(bucket, key string) error {
 	if t.ptx == nil {
 		return ErrTxClosed
 	}
-	if bucket == "" {
-		return errors.New("store/pg: empty bucket name")
-	}
-	if key == "" {
-		return fmt.Errorf("store/pg: empty key in bucket %q", bucket)
+	if err := store.CheckKey(bucket, key); err != nil {
+		return fmt.Errorf("store/pg: %w", err)
 	}
 	return nil
 }
@@ -350,8 +347,8 @@ func (t *tx) ForEach(bucket, prefix string, fn func(key string, value []byte) er
 	if t.ptx == nil {
 		return ErrTxClosed
 	}
-	if bucket == "" {
-		return errors.New("store/pg: empty bucket name")
+	if err := store.CheckBucket(bucket); err != nil {
+		return fmt.Errorf("store/pg: %w", err)
 	}
 	upper, bounded := prefixEnd([]byte(prefix))
 	seek := []byte(prefix)

@@ -262,6 +262,35 @@ func testEmptyKey(t *testing.T, h *harness) {
 	if err == nil {
 		t.Fatal("Put with an empty key succeeded")
 	}
+	// Every call refuses an empty key or bucket name, in a View and in an
+	// Update, and nothing is written.
+	ctx := context.Background()
+	for _, run := range []func(context.Context, func(store.Tx) error) error{h.s.View, h.s.Update} {
+		_ = run(ctx, func(tx store.Tx) error {
+			if _, err := tx.Get("b", ""); err == nil {
+				t.Error("Get with an empty key succeeded")
+			}
+			if err := tx.Delete("b", ""); err == nil {
+				t.Error("Delete with an empty key succeeded")
+			}
+			if _, err := tx.Get("", "k"); err == nil {
+				t.Error("Get with an empty bucket succeeded")
+			}
+			if err := tx.Put("", "k", []byte("v")); err == nil {
+				t.Error("Put with an empty bucket succeeded")
+			}
+			if err := tx.Delete("", "k"); err == nil {
+				t.Error("Delete with an empty bucket succeeded")
+			}
+			if err := tx.ForEach("", "", func(string, []byte) error { return nil }); err == nil {
+				t.Error("ForEach with an empty bucket succeeded")
+			}
+			return nil
+		})
+	}
+	if ks := h.keys("b", ""); len(ks) != 0 {
+		t.Errorf("keys of b after refused writes = %q, want none", ks)
+	}
 }
 
 func testBucketsIndependent(t *testing.T, h *harness) {
