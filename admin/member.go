@@ -256,16 +256,6 @@ func (m *memberPage) checkCSRF(r *http.Request, ses *session) bool {
 // end revokes ses before its expiry.
 func (m *memberPage) end(ses *session) { m.revoke(ses.id, ses.exp) }
 
-// clientIP is the request's remote IP, for the limiter. Forwarding headers
-// are not trusted: anyone could send them.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
 // text is a sentence in both languages.
 type text struct{ IT, EN string }
 

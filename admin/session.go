@@ -152,14 +152,25 @@ func (t *loginThrottle) failed(addr string, now time.Time) {
 // remote IP (never a forwarding header, which anyone can send), an IPv6
 // one reduced to its /64, the block one machine usually has.
 func throttleAddr(r *http.Request) string {
-	ip := net.ParseIP(clientIP(r))
+	addr := clientIP(r)
+	ip := net.ParseIP(addr)
 	if ip == nil {
-		return clientIP(r)
+		return addr
 	}
 	if ip.To4() == nil {
 		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 	}
 	return ip.String()
+}
+
+// clientIP is the request's remote IP, for the limiter. Forwarding headers
+// are not trusted: anyone could send them.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // localHost reports whether the Host header of r names the machine

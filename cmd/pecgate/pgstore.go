@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/store"
+	"github.com/pecgate/pecgate/store/bolt"
 	"github.com/pecgate/pecgate/store/pg"
 )
 
@@ -23,6 +25,24 @@ func openPG(ctx context.Context, cfg *config.Config) (*pg.DB, error) {
 	db, err := pg.Open(ctx, cfg.Store.URL)
 	if err != nil {
 		return nil, fmt.Errorf("store.url: %w (check that PostgreSQL runs and that [store] url names its host, port, database, user and password)", err)
+	}
+	return db, nil
+}
+
+// openStore opens the store [store] names: PostgreSQL when url is set
+// (openPG), else the embedded store in path, whose error is
+// bolt.ErrLocked when another process (the gateway) holds it.
+func openStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
+	if cfg.Store.URL != "" {
+		db, err := openPG(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return db, nil
+	}
+	db, err := bolt.Open(cfg.Store.Path)
+	if err != nil {
+		return nil, err
 	}
 	return db, nil
 }

@@ -215,10 +215,7 @@ var errStoreBusy = errors.New("the store is in use")
 // running gateway shares, or the embedded store, with an error wrapping
 // errStoreBusy when the gateway holds it.
 func openPreflightStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
-	if cfg.Store.URL != "" {
-		return openPG(ctx, cfg)
-	}
-	st, err := bolt.Open(cfg.Store.Path)
+	st, err := openStore(ctx, cfg)
 	if errors.Is(err, bolt.ErrLocked) {
 		return nil, fmt.Errorf("%w: %w", errStoreBusy, err)
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/pecgate/pecgate/internal/metrics"
 	"github.com/pecgate/pecgate/proxy"
 	"github.com/pecgate/pecgate/store"
-	"github.com/pecgate/pecgate/store/bolt"
 	"github.com/pecgate/pecgate/sync"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -129,13 +128,11 @@ func startGateway(ctx context.Context, cfg *config.Config, log *slog.Logger) (*g
 	}
 	reg, mets := newMetrics()
 	backends.SetMetrics(mets)
-	var st store.Store
-	if cfg.Store.URL != "" {
-		st, err = openPG(ctx, cfg)
-	} else if st, err = bolt.Open(cfg.Store.Path); err != nil {
-		err = fmt.Errorf("store.path: %w", err)
-	}
+	st, err := openStore(ctx, cfg)
 	if err != nil {
+		if cfg.Store.URL == "" {
+			err = fmt.Errorf("store.path: %w", err)
+		}
 		return nil, err
 	}
 	router, err := store.NewRouter(ctx, cfg, st)

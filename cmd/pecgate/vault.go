@@ -90,21 +90,16 @@ func runVault(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	var st store.Store
-	if cfg.Store.URL != "" {
-		// PostgreSQL takes several processes: the running gateway reads the
-		// credentials as soon as the import commits.
-		if st, err = openPG(context.Background(), cfg); err != nil {
-			return fmt.Errorf("%w; nothing imported", err)
-		}
-	} else {
-		st, err = bolt.Open(cfg.Store.Path)
-		if errors.Is(err, bolt.ErrLocked) {
-			return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run the import again, then start the gateway; nothing imported (%w)", cfg.Store.Path, err)
-		}
-		if err != nil {
-			return err
-		}
+	// PostgreSQL takes several processes: the running gateway reads the
+	// credentials as soon as the import commits.
+	st, err := openStore(context.Background(), cfg)
+	switch {
+	case errors.Is(err, bolt.ErrLocked):
+		return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run the import again, then start the gateway; nothing imported (%w)", cfg.Store.Path, err)
+	case err != nil && cfg.Store.URL != "":
+		return fmt.Errorf("%w; nothing imported", err)
+	case err != nil:
+		return err
 	}
 	defer st.Close()
 	err = st.Update(context.Background(), func(tx store.Tx) error {

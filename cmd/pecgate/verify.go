@@ -114,20 +114,13 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var st store.Store
-	if cfg.Store.URL != "" {
-		// PostgreSQL takes several processes: verify while the gateway runs.
-		if st, err = openPG(context.Background(), cfg); err != nil {
-			return err
-		}
-	} else {
-		st, err = bolt.Open(cfg.Store.Path)
-		if errors.Is(err, bolt.ErrLocked) {
-			return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run pecgate verify again, then start the gateway; or verify a copy of %s (%w)", cfg.Store.Path, cfg.Store.Path, err)
-		}
-		if err != nil {
-			return err
-		}
+	// PostgreSQL takes several processes: verify while the gateway runs.
+	st, err := openStore(context.Background(), cfg)
+	if errors.Is(err, bolt.ErrLocked) {
+		return fmt.Errorf("the store in %s is in use, probably by the running gateway: stop the gateway (pecgate serve), run pecgate verify again, then start the gateway; or verify a copy of %s (%w)", cfg.Store.Path, cfg.Store.Path, err)
+	}
+	if err != nil {
+		return err
 	}
 	defer st.Close()
 	o := verify.Options{Config: cfg, Store: st, Backends: backends, Log: log}
