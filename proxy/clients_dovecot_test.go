@@ -287,17 +287,9 @@ func clientsExpectMaildir(m dovetest.SeedMessage) clientsMaildirMsg {
 	}
 }
 
-// clientsMbsync syncs the whole account at addr (implicit TLS, trusting
-// caFile) into a new Maildir under dir, and returns the Maildir's root and
-// how long mbsync ran.
-func clientsMbsync(t *testing.T, mbsync, dir, name, addr, caFile, user, pass string) (string, time.Duration) {
-	t.Helper()
-	port := clientsPort(t, addr)
-	base := filepath.Join(dir, name)
-	root := filepath.Join(base, "mail")
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		t.Fatal(err)
-	}
+// mbsyncRC is the mbsyncrc for one Sync Pull of the whole account at
+// localhost:port (implicit TLS, trusting caFile) into the Maildir at root.
+func mbsyncRC(port, user, pass, caFile, root string) string {
 	// isync 1.4 (Debian 12) syntax: SSLType/SSLVersions (1.5 renamed them
 	// TLSType/TLSVersions), Far/Near (1.4 still accepts Master/Slave).
 	//
@@ -305,7 +297,7 @@ func clientsMbsync(t *testing.T, mbsync, dir, name, addr, caFile, user, pass str
 	// the certificate's DNS names only (it says "certificate owner does not
 	// match hostname 127.0.0.1" despite an IP SAN). Where localhost resolves
 	// to ::1 first, isync tries the next address.
-	rc := fmt.Sprintf(`IMAPAccount acct
+	return fmt.Sprintf(`IMAPAccount acct
 Host localhost
 Port %s
 User %s
@@ -333,6 +325,20 @@ Expunge None
 CopyArrivalDate yes
 SyncState *
 `, port, user, pass, caFile, root, root)
+}
+
+// clientsMbsync syncs the whole account at addr (implicit TLS, trusting
+// caFile) into a new Maildir under dir, and returns the Maildir's root and
+// how long mbsync ran.
+func clientsMbsync(t *testing.T, mbsync, dir, name, addr, caFile, user, pass string) (string, time.Duration) {
+	t.Helper()
+	port := clientsPort(t, addr)
+	base := filepath.Join(dir, name)
+	root := filepath.Join(base, "mail")
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rc := mbsyncRC(port, user, pass, caFile, root)
 	rcFile := filepath.Join(base, "mbsyncrc")
 	if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
 		t.Fatal(err)

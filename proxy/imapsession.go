@@ -216,12 +216,7 @@ func (s *imapSession) Login(username, password string) error {
 		// now, so the member keeps it after old is gone.
 		s.srv.auth.pin(context.Background(), username, password)
 	}
-	if b := s.srv.opts.Backfill; b != nil && route.New != nil {
-		b.Remember(username, password)
-		if route.State == config.StateMigrating {
-			b.Touch(username)
-		}
-	}
+	s.srv.opts.remember(route, username, password)
 	s.route, s.password, s.up, s.log, s.state = route, password, up, log, route.State
 	s.mt.SetState(route.State)
 	if r := s.srv.opts.Router; r != nil {

@@ -98,7 +98,7 @@ func (c *LoginChecker) Check(ctx context.Context, ip, user, password string) err
 		// The member's own password was accepted.
 		limiter.Succeeded(user)
 		log.Warn("login accepted; the new provider's vault credentials are missing or refused", "err", err)
-		c.remember(route, user, password)
+		c.opts.remember(route, user, password)
 		return err
 	case err != nil && backend.IsAuthFailure(err):
 		limiter.Failed(ip, user)
@@ -114,19 +114,9 @@ func (c *LoginChecker) Check(ctx context.Context, ip, user, password string) err
 		// member keeps it after old is gone.
 		c.auth.pin(ctx, user, password)
 	}
-	c.remember(route, user, password)
+	c.opts.remember(route, user, password)
 	log.Info("login")
 	return nil
-}
-
-// remember tells the back-fill what a session's login tells it.
-func (c *LoginChecker) remember(route *Route, user, password string) {
-	if b := c.opts.Backfill; b != nil && route.New != nil {
-		b.Remember(user, password)
-		if route.State == config.StateMigrating {
-			b.Touch(user)
-		}
-	}
 }
 
 // login logs in where a session of route's state would and logs out

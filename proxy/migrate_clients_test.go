@@ -243,35 +243,7 @@ func mcMbsync(t *testing.T, mbsync, dir, addr, caFile, user, pass string) (strin
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	// isync 1.4 syntax, Host localhost: see clientsMbsync.
-	rc := fmt.Sprintf(`IMAPAccount acct
-Host localhost
-Port %s
-User %s
-Pass %s
-SSLType IMAPS
-SSLVersions TLSv1.2 TLSv1.3
-SystemCertificates no
-CertificateFile %s
-
-IMAPStore far
-Account acct
-
-MaildirStore near
-Path %s/
-Inbox %s/INBOX
-SubFolders Verbatim
-
-Channel all
-Far :far:
-Near :near:
-Patterns *
-Create Near
-Sync Pull
-Expunge None
-CopyArrivalDate yes
-SyncState *
-`, clientsPort(t, addr), user, pass, caFile, root, root)
+	rc := mbsyncRC(clientsPort(t, addr), user, pass, caFile, root)
 	rcFile := filepath.Join(dir, "mbsyncrc")
 	if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
 		t.Fatal(err)

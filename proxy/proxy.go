@@ -126,6 +126,18 @@ func (o *Options) resolve(username string) *Route {
 	return route
 }
 
+// remember tells the back-fill of a successful login to a domain that
+// moves (route.New set): its password, and for state migrating that the
+// user is active. A session's Login and LoginChecker.Check share it.
+func (o *Options) remember(route *Route, user, password string) {
+	if b := o.Backfill; b != nil && route.New != nil {
+		b.Remember(user, password)
+		if route.State == config.StateMigrating {
+			b.Touch(user)
+		}
+	}
+}
+
 // maxMessageSize is the APPEND/DATA limit for a route: the server's, or the
 // provider's when that is smaller.
 func (o *Options) maxMessageSize(r *Route) int64 {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 
 	"github.com/pecgate/pecgate/backend"
 	"github.com/pecgate/pecgate/config"
@@ -100,22 +99,7 @@ func TestSMTPDovecot(t *testing.T) {
 				}
 				n0, _ := inbox(t)
 				subs0 := len(old.Submissions())
-				var c *smtp.Client
-				if tc.startTLS {
-					c, err = smtp.DialStartTLS(gw.submission, tt.clientTLS)
-				} else {
-					c, err = smtp.DialTLS(gw.smtps, tt.clientTLS)
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				if err := c.Hello("client.test"); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.Auth(tc.mech); err != nil {
-					t.Fatalf("AUTH: %v", err)
-				}
+				c := dialAuthed(t, gw, tt.clientTLS, tc.startTLS, tc.mech)
 				if err := c.Mail(smtpTestUser, nil); err != nil {
 					t.Fatalf("MAIL: %v", err)
 				}

@@ -487,6 +487,31 @@ type smtpRaw struct {
 	w    *bufio.Writer
 }
 
+// dialAuthed opens a go-smtp client to gw (STARTTLS on submission when
+// startTLS, implicit TLS on smtps otherwise), says EHLO client.test and
+// authenticates with mech; the client is closed when the test ends.
+func dialAuthed(t *testing.T, gw *smtpGateway, clientTLS *tls.Config, startTLS bool, mech sasl.Client) *smtp.Client {
+	t.Helper()
+	var c *smtp.Client
+	var err error
+	if startTLS {
+		c, err = smtp.DialStartTLS(gw.submission, clientTLS)
+	} else {
+		c, err = smtp.DialTLS(gw.smtps, clientTLS)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(mech); err != nil {
+		t.Fatalf("AUTH: %v", err)
+	}
+	return c
+}
+
 // dialSMTP connects (with implicit TLS when tlsCfg is set) and checks the
 // greeting.
 func dialSMTP(t *testing.T, addr string, tlsCfg *tls.Config) *smtpRaw {
@@ -676,23 +701,7 @@ func TestSMTPSubmit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startSMTPProvider(t, tt, smtpUpOptions{})
 			gw := startSMTPGateway(t, tt, up, smtpGWOptions{})
-			var c *smtp.Client
-			var err error
-			if tc.startTLS {
-				c, err = smtp.DialStartTLS(gw.submission, tt.clientTLS)
-			} else {
-				c, err = smtp.DialTLS(gw.smtps, tt.clientTLS)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.Hello("client.test"); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Auth(tc.mech); err != nil {
-				t.Fatalf("AUTH: %v", err)
-			}
+			c := dialAuthed(t, gw, tt.clientTLS, tc.startTLS, tc.mech)
 			if err := c.Mail(smtpTestUser, tc.opts); err != nil {
 				t.Fatalf("MAIL: %v", err)
 			}
