@@ -60,9 +60,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf16"
 
 	"github.com/pecgate/pecgate/config"
+	"github.com/pecgate/pecgate/internal/mutf7"
 	"github.com/pecgate/pecgate/store"
 )
 
@@ -744,7 +744,7 @@ func problemViews(errs []ProgressError) []problemView {
 		out[i].Count++
 		out[i].Detail = e.Message
 		if e.Mailbox != "" {
-			out[i].Detail = decodeMailbox(e.Mailbox) + ": " + e.Message
+			out[i].Detail = mutf7.Decode(e.Mailbox) + ": " + e.Message
 		}
 	}
 	return out
@@ -771,7 +771,7 @@ func folderViews(fm *store.FolderMap, maps map[string]*store.Map, prog *store.Pr
 		if f := seen[key]; f != nil {
 			return f
 		}
-		f := &folderView{Name: decodeMailbox(key)}
+		f := &folderView{Name: mutf7.Decode(key)}
 		seen[key] = f
 		names = append(names, key)
 		return f
@@ -847,39 +847,4 @@ func etaText(d time.Duration) text {
 	}
 	days := (mins + 12*60) / (24 * 60)
 	return text{"circa " + strconv.FormatInt(days, 10) + " giorni", "about " + strconv.FormatInt(days, 10) + " days"}
-}
-
-// decodeMailbox decodes a modified UTF-7 mailbox name (RFC 3501 section
-// 5.1.3) for display; a name that does not decode is shown as it is.
-func decodeMailbox(name string) string {
-	if !strings.Contains(name, "&") {
-		return name
-	}
-	var out strings.Builder
-	for i := 0; i < len(name); i++ {
-		if name[i] != '&' {
-			out.WriteByte(name[i])
-			continue
-		}
-		end := strings.IndexByte(name[i:], '-')
-		if end < 0 {
-			return name
-		}
-		chunk := name[i+1 : i+end]
-		i += end
-		if chunk == "" {
-			out.WriteByte('&')
-			continue
-		}
-		b, err := base64.RawStdEncoding.DecodeString(strings.ReplaceAll(chunk, ",", "/"))
-		if err != nil || len(b)%2 != 0 {
-			return name
-		}
-		u := make([]uint16, len(b)/2)
-		for j := range u {
-			u[j] = uint16(b[2*j])<<8 | uint16(b[2*j+1])
-		}
-		out.WriteString(string(utf16.Decode(u)))
-	}
-	return out.String()
 }

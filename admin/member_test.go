@@ -615,22 +615,6 @@ func TestMemberHandlers(t *testing.T) {
 	}
 }
 
-func TestDecodeMailbox(t *testing.T) {
-	for in, want := range map[string]string{
-		"INBOX":                   "INBOX",
-		"Archivio/&AMg- 2024":     "Archivio/È 2024",
-		"&ZeVnLIqe-":              "日本語",
-		"Tom &- Jerry":            "Tom & Jerry",
-		"broken &AMg":             "broken &AMg",
-		"&U,BTFw-":                "台北",
-		"Posta &AOg- arrivata &-": "Posta è arrivata &",
-	} {
-		if got := decodeMailbox(in); got != want {
-			t.Errorf("decodeMailbox(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestETAText(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		10 * time.Second:             "about a minute",

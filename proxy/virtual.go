@@ -232,10 +232,7 @@ func (s *imapSession) newName(mailbox string) string {
 	if n, ok := s.roleNew[mailbox]; ok {
 		return n
 	}
-	if s.oldDelim == 0 || s.newDelim == 0 || s.oldDelim == s.newDelim || strings.EqualFold(mailbox, "INBOX") {
-		return mailbox
-	}
-	return strings.ReplaceAll(mailbox, string(s.oldDelim), string(s.newDelim))
+	return backend.ConvertName(mailbox, s.oldDelim, s.newDelim)
 }
 
 // oldName maps a new provider's name back to the client's.
@@ -248,14 +245,6 @@ func (s *imapSession) oldName(mailbox string) string {
 		return mailbox
 	}
 	return strings.ReplaceAll(mailbox, string(s.newDelim), string(s.oldDelim))
-}
-
-func delimOf(c *backend.IMAPConn) rune {
-	l, err := c.List("", "", nil).Collect()
-	if err != nil || len(l) == 0 || l[0].Delim == 0 {
-		return '/'
-	}
-	return l[0].Delim
 }
 
 // mapFor returns the map entry of mailbox, creating the map when the
@@ -1302,10 +1291,6 @@ func (s *imapSession) needRoles(mailbox string) {
 	}
 }
 
-// specialUse are the roles mapped between providers (RFC 6154).
-var specialUse = []imap.MailboxAttr{imap.MailboxAttrSent, imap.MailboxAttrDrafts, imap.MailboxAttrTrash,
-	imap.MailboxAttrJunk, imap.MailboxAttrArchive}
-
 // mapRoles pairs old's and new's special-use folders by role and records
 // the pairs in the user's folder map.
 func (s *imapSession) mapRoles(ctx context.Context) {
@@ -1335,7 +1320,7 @@ func (s *imapSession) mapRoles(ctx context.Context) {
 		}
 		for _, l := range list {
 			for _, a := range l.Attrs {
-				if slices.Contains(specialUse, a) {
+				if slices.Contains(backend.SpecialUse, a) {
 					if _, dup := out[a]; !dup {
 						out[a] = l.Mailbox
 					}
@@ -1346,7 +1331,7 @@ func (s *imapSession) mapRoles(ctx context.Context) {
 	}
 	oldRoles, newRoles := roles(s.oldUp), roles(s.newUp)
 	var pairs []store.Folder
-	for _, a := range specialUse {
+	for _, a := range backend.SpecialUse {
 		o, n := oldRoles[a], newRoles[a]
 		if o == "" || n == "" {
 			continue

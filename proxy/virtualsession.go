@@ -45,7 +45,7 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 		}
 		s.newUp, s.wIsOld = up, true
 		s.vc.newChanges = changes
-		s.newDelim = delimOf(up)
+		s.newDelim = up.Delim()
 		s.oldDelim = s.newDelim
 		s.state, s.route = route.State, route
 		return nil
@@ -58,7 +58,7 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 		}
 		s.oldUp = up
 		s.vc.oldChanges = changes
-		s.oldDelim = delimOf(up)
+		s.oldDelim = up.Delim()
 		if route.Old.Config().Auth == config.AuthPassthrough {
 			s.srv.auth.pin(ctx, username, password)
 		}
@@ -81,7 +81,7 @@ func (s *imapSession) loginVirtual(route *Route, username, password string) erro
 	}
 	s.newUp = up
 	s.vc.newChanges = changes
-	s.newDelim = delimOf(up)
+	s.newDelim = up.Delim()
 	if s.oldDelim == 0 {
 		s.oldDelim = s.newDelim
 	}
@@ -230,7 +230,7 @@ func (s *imapSession) applyFlip() {
 		}
 		s.oldUp, s.up, s.newUp = oldConn, nil, up
 		s.vc = vcache{oldChanges: oldChanges, newChanges: changes}
-		s.oldDelim, s.newDelim = delimOf(s.oldUp), delimOf(up)
+		s.oldDelim, s.newDelim = s.oldUp.Delim(), up.Delim()
 		s.route, s.state = route, to
 		s.mt.SetState(to)
 		s.log = s.routeLog(route)

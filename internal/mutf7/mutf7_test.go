@@ -56,3 +56,21 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// The member page shows folder names with Decode (these were its own
+// decoder's cases).
+func TestDecodeForDisplay(t *testing.T) {
+	for in, want := range map[string]string{
+		"INBOX":                   "INBOX",
+		"Archivio/&AMg- 2024":     "Archivio/È 2024",
+		"&ZeVnLIqe-":              "日本語",
+		"Tom &- Jerry":            "Tom & Jerry",
+		"broken &AMg":             "broken &AMg",
+		"&U,BTFw-":                "台北",
+		"Posta &AOg- arrivata &-": "Posta è arrivata &",
+	} {
+		if got := Decode(in); got != want {
+			t.Errorf("Decode(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
